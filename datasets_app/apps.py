@@ -1,0 +1,7 @@
+from django.apps import AppConfig
+
+
+class DatasetsAppConfig(AppConfig):
+    name = "datasets_app"
+    verbose_name = "Datasets"
+    default_auto_field = "django.db.models.BigAutoField"

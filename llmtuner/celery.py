@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmtuner.settings")
+
+app = Celery("llmtuner")
+# Every Celery option lives in settings.py under the CELERY_ prefix.
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_configure.connect
+def _make_broker_folders(sender, **kwargs) -> None:
+    # The server-less filesystem broker of the embedded default needs its folders.
+    for key in ("data_folder_in", "data_folder_out", "control_folder"):
+        folder = sender.conf.broker_transport_options.get(key)
+        if folder:
+            os.makedirs(folder, exist_ok=True)

@@ -1,0 +1,66 @@
+"""`make run`: web, worker and beat of the embedded default in one terminal.
+
+Ctrl-C (or SIGTERM) stops all three; if any one of them exits, the others are
+stopped too, so nothing is left running half-alive.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+GRACE_SECONDS = 10
+
+
+def main(host: str = "127.0.0.1", port: str = "8000") -> int:
+    python = sys.executable
+    commands = {
+        "web": [python, "manage.py", "runserver", "--noreload", f"{host}:{port}"],
+        "worker": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "default,training",
+                   "--concurrency", "2", "-l", "INFO"],
+        "beat": [python, "-m", "celery", "-A", "llmtuner", "beat", "-l", "INFO"],
+    }  # fmt: skip
+    processes = {
+        name: subprocess.Popen(command, start_new_session=True) for name, command in commands.items()
+    }
+    print(
+        f"\n  LLM Tuner is running on http://{host}:{port}/  (Ctrl-C stops web, worker and beat)\n",
+        flush=True,
+    )
+
+    stopping = False
+
+    def request_stop(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = 0
+    while not stopping:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                print(f"{name} exited with code {process.returncode}; stopping the others.", flush=True)
+                exit_code = process.returncode or 1
+                stopping = True
+        time.sleep(0.5)
+
+    for process in processes.values():
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for process in processes.values():
+        try:
+            process.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    print("Stopped.", flush=True)
+    return exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main(*sys.argv[1:3]))

@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import include, path
+
+from llmtuner.health import health
+
+# Media files are never served by URL: every download goes through a view that
+# checks the owner.
+urlpatterns = [
+    path("", include("accounts.urls")),
+    path("accounts/", include("allauth.urls")),
+    path("admin/", admin.site.urls),
+    path("health/", health, name="health"),
+]
