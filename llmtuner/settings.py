@@ -245,6 +245,14 @@ FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
 AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
 AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", "", ("http", "https")) or None
 AWS_REGION = env_str("AWS_REGION", env_str("AWS_DEFAULT_REGION", "us-east-1"))
+# Datasets: the upload limit is enforced while the body streams in; a .gz
+# upload may expand to DATASET_MAX_DECOMPRESSED_MB. DATASET_TOKENIZER names a
+# tokenizer.json to count tokens with instead of the bundled GPT-2 one.
+DATASET_MAX_UPLOAD_MB = env_int("DATASET_MAX_UPLOAD_MB", 1024, 1)
+DATASET_MAX_DECOMPRESSED_MB = env_int("DATASET_MAX_DECOMPRESSED_MB", 4 * DATASET_MAX_UPLOAD_MB, 1)
+DATASET_TOKENIZER = env_str("DATASET_TOKENIZER") or None
+if DATASET_TOKENIZER and not Path(DATASET_TOKENIZER).is_file():
+    raise ImproperlyConfigured(f"DATASET_TOKENIZER must name a tokenizer.json file, not {DATASET_TOKENIZER!r}")
 
 _static_backend = (
     "django.contrib.staticfiles.storage.StaticFilesStorage"

@@ -8,6 +8,7 @@ from llmtuner.health import health
 urlpatterns = [
     path("", include("accounts.urls")),
     path("accounts/", include("allauth.urls")),
+    path("datasets/", include("datasets_app.urls")),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
 ]

@@ -1,0 +1,138 @@
+"""The one module that touches stored dataset files: the default storage, S3 or local media.
+
+Everything streams: saving hands the file object to the storage (S3 does a
+multipart upload), reading returns a stream (an S3 GET body, or an open local
+file) rather than django-storages' `open()`, which would first download the
+whole object. Keys are built by the caller from the dataset's prefix; the
+client's file name never becomes part of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from django.core.files import File
+from django.core.files.storage import Storage, storages
+from django.http import FileResponse, HttpResponse, HttpResponseRedirect
+
+READ_CHUNK = 256 * 1024
+
+
+def _storage() -> Storage:
+    return storages["default"]
+
+
+def is_s3(storage: Storage | None = None) -> bool:
+    return hasattr(storage or _storage(), "bucket")
+
+
+def _s3_object(storage, key: str):
+    name = storage._normalize_name(key) if hasattr(storage, "_normalize_name") else key
+    return storage.bucket.Object(name)
+
+
+def save(key: str, content: BinaryIO | File) -> str:
+    """Store `content` under `key` (or a free name next to it); returns the key actually used."""
+    if not isinstance(content, File):
+        content = File(content, name=os.path.basename(key))
+    return _storage().save(key, content)
+
+
+def save_path(key: str, path: Path) -> str:
+    with open(path, "rb") as handle:
+        return save(key, File(handle, name=os.path.basename(key)))
+
+
+@contextlib.contextmanager
+def open_stream(key: str, offset: int = 0) -> Iterator[BinaryIO]:
+    """A binary stream of the stored file from `offset`, read as it is consumed."""
+    storage = _storage()
+    if is_s3(storage):
+        extra = {"Range": f"bytes={offset}-"} if offset else {}
+        body = _s3_object(storage, key).get(**extra)["Body"]
+        try:
+            yield body
+        finally:
+            body.close()
+        return
+    with open(storage.path(key), "rb") as handle:
+        if offset:
+            handle.seek(offset)
+        yield handle
+
+
+def iter_lines(key: str, offset: int = 0) -> Iterator[bytes]:
+    """The stored file's lines from byte `offset`, without line ends; stop early to read no further."""
+    with open_stream(key, offset) as stream:
+        pending = b""
+        while True:
+            chunk = stream.read(READ_CHUNK)
+            if not chunk:
+                break
+            lines = (pending + chunk).split(b"\n")
+            pending = lines.pop()
+            yield from lines
+        if pending:
+            yield pending
+
+
+def exists(key: str) -> bool:
+    return bool(key) and _storage().exists(key)
+
+
+def delete(keys: list[str]) -> None:
+    storage = _storage()
+    for key in keys:
+        if key:
+            storage.delete(key)
+
+
+def list_keys(prefix: str) -> list[str]:
+    """Every stored key under `prefix` (a folder path ending in /)."""
+    storage = _storage()
+    if is_s3(storage):
+        name = storage._normalize_name(prefix) if hasattr(storage, "_normalize_name") else prefix
+        return sorted(obj.key for obj in storage.bucket.objects.filter(Prefix=name))
+    root = Path(storage.path(prefix))
+    if not root.is_dir():
+        return []
+    base = Path(storage.path(""))
+    return sorted(str(path.relative_to(base)) for path in root.rglob("*") if path.is_file())
+
+
+def delete_prefix(prefix: str) -> None:
+    """Remove every object under `prefix`, and for local media its empty folders."""
+    if not prefix.endswith("/") or prefix.count("/") < 3:
+        raise ValueError(f"refusing to delete under {prefix!r}")
+    storage = _storage()
+    if is_s3(storage):
+        name = storage._normalize_name(prefix) if hasattr(storage, "_normalize_name") else prefix
+        storage.bucket.objects.filter(Prefix=name).delete()
+        return
+    for key in list_keys(prefix):
+        storage.delete(key)
+    folder = Path(storage.path(prefix))
+    for path in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            path.rmdir()
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
+def download_response(key: str, filename: str) -> HttpResponse:
+    """Send the stored file as an attachment: a short-lived signed S3 URL, or a streamed local file."""
+    storage = _storage()
+    if is_s3(storage):
+        safe = filename.replace('"', "")
+        url = storage.url(key, parameters={"ResponseContentDisposition": f'attachment; filename="{safe}"'})
+        return HttpResponseRedirect(url)
+    return FileResponse(
+        open(storage.path(key), "rb"),  # noqa: SIM115 - FileResponse closes it
+        as_attachment=True,
+        filename=filename,
+        content_type="application/jsonl",
+    )
