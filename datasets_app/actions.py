@@ -90,7 +90,7 @@ def create_dataset(
     if not upload.size:
         raise PreparationError("The file is empty.")
     upload.seek(0)
-    check_file(upload, original_filename, options)
+    seen = check_file(upload, original_filename, options)
     upload.seek(0)
     dataset = Dataset(
         owner=owner,
@@ -102,6 +102,7 @@ def create_dataset(
         validation_fraction=options.validation_fraction,
         size_bytes=upload.size,
     )
+    _show_first_look(dataset, seen)
     key = storage.save(dataset.storage_prefix + "raw", upload)
     try:
         with transaction.atomic():
@@ -113,6 +114,12 @@ def create_dataset(
         storage.delete_prefix(dataset.storage_prefix)
         raise
     return dataset
+
+
+def _show_first_look(dataset: Dataset, seen: dict[str, Any]) -> None:
+    """Until preparation is done, the page shows what the first rows look like with these choices."""
+    dataset.stats = {key: seen[key] for key in ("format", "encoding", "columns", "mapping", "shape")}
+    dataset.preview = seen["samples"]
 
 
 def _queue_preparation(dataset: Dataset) -> None:
@@ -129,11 +136,12 @@ def prepare_again(dataset: Dataset, options: ReadOptions, queue: bool = True) ->
     if not dataset.can_prepare_again:
         raise PreparationError("This dataset is being prepared already; wait for it to finish.")
     with storage.open_stream(dataset.raw_file) as stream:
-        check_file(stream, dataset.original_filename, options)
+        seen = check_file(stream, dataset.original_filename, options)
     dataset.format = options.format
     dataset.txt_mode = options.txt_mode
     dataset.mapping = options.mapping.strip()
     dataset.validation_fraction = options.validation_fraction
+    _show_first_look(dataset, seen)
     with transaction.atomic():
         if queue:
             _queue_preparation(dataset)

@@ -152,6 +152,8 @@ class Dataset(models.Model):
                 "txt_mode",
                 "mapping",
                 "validation_fraction",
+                "stats",
+                "preview",
                 "updated",
             ]
         )

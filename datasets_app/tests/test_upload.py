@@ -195,3 +195,31 @@ def test_a_dataset_deleted_while_preparing_leaves_nothing_behind(
     monkeypatch.setattr(actions, "prepare", prepare_then_lose_the_row)
     assert actions.run_preparation(dataset.pk) is None
     assert stored_files(settings.MEDIA_ROOT) == []
+
+
+def test_the_first_rows_show_while_the_dataset_waits_for_a_worker(owner_client, survey_bytes):
+    post_upload(owner_client, survey_bytes)
+    dataset = Dataset.objects.get()
+
+    page = owner_client.get(f"/datasets/{dataset.pk}/").content.decode()
+
+    assert dataset.status == Dataset.Status.UPLOADED
+    assert 'hx-trigger="every 2s"' in page
+    assert "<code>all-columns</code>" in page
+    assert "<code>Industry_name_NZSIOC</code>" in page
+    assert "Industry_name_NZSIOC: Māori Authorities" in page
+    assert "the figures follow once every row is read" in page
+
+
+def test_the_web_process_never_loads_a_tokenizer_or_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import django, os, sys; os.environ['DJANGO_SETTINGS_MODULE'] = 'llmtuner.settings'; django.setup(); "
+        "import datasets_app.views, datasets_app.actions, datasets_app.tasks; "
+        "print(sorted(m for m in ('tokenizers', 'torch', 'transformers') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    assert done.stdout.strip().splitlines()[-1] == "[]"
