@@ -252,7 +252,7 @@ DATASET_MAX_UPLOAD_MB = env_int("DATASET_MAX_UPLOAD_MB", 1024, 1)
 DATASET_MAX_DECOMPRESSED_MB = env_int("DATASET_MAX_DECOMPRESSED_MB", 4 * DATASET_MAX_UPLOAD_MB, 1)
 DATASET_TOKENIZER = env_str("DATASET_TOKENIZER") or None
 if DATASET_TOKENIZER and not Path(DATASET_TOKENIZER).is_file():
-    raise ImproperlyConfigured(f"DATASET_TOKENIZER must name a tokenizer.json file, not {DATASET_TOKENIZER!r}")
+    raise ImproperlyConfigured(f"DATASET_TOKENIZER must name a tokenizer.json, not {DATASET_TOKENIZER!r}")
 
 _static_backend = (
     "django.contrib.staticfiles.storage.StaticFilesStorage"
