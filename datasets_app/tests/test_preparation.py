@@ -607,7 +607,12 @@ cell_text = st.text(
 @given(values=st.lists(cell_text, min_size=1, max_size=30), line_end=st.sampled_from(["\n", "\r\n"]))
 def test_any_csv_cell_round_trips_through_text_mapping(values, line_end):
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator=line_end)
+    # csv.writer quotes only for the characters of its own line end; a bare CR elsewhere must be quoted
+    # too, as spreadsheets do, or the file really is ambiguous.
+    bare_cr = any("\r" in value for value in values) and line_end == "\n"
+    writer = csv.writer(
+        buffer, lineterminator=line_end, quoting=csv.QUOTE_ALL if bare_cr else csv.QUOTE_MINIMAL
+    )
     writer.writerow(["body", "n"])
     for n, value in enumerate(values):
         writer.writerow([value, n])
