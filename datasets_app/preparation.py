@@ -409,16 +409,19 @@ def inspect_file(
     txt_mode: str = "line",
     mapping: str = "",
     max_rows: int = 5,
+    max_scan: int = 1000,
 ) -> dict[str, Any]:
     """A cheap look at the first records: format, encoding, columns, the mapping that would be used.
 
-    Reads only the first rows, so it is fit for a quick check; raises
-    `PreparationError` like `prepare`.
+    Reads at most `max_scan` rows (fewer once `max_rows` samples are found),
+    so it is fit for a request; raises `PreparationError` like `prepare`.
     """
     records = open_records(source, filename, format=format, txt_mode=txt_mode)
     bound = bind_mapping(parse_mapping(mapping), records.kind, records.columns)
     samples = []
-    for line, record in records.rows:
+    for scanned, (line, record) in enumerate(records.rows, 1):
+        if scanned > max_scan:
+            break
         if record.__class__ is RowError:
             continue
         try:

@@ -412,6 +412,23 @@ def test_plain_text_takes_no_column_mapping():
     assert "Plain text has no columns" in fails(b"hello\n", "a.txt", mapping="text:body")
 
 
+def test_inspect_file_reads_only_the_first_rows_even_when_they_are_all_bad():
+    data = b"a,b\n" + b"1\n" * 3_000_000  # 6 MB of rows with a missing column
+
+    class CountingStream(io.BytesIO):
+        consumed = 0
+
+        def read(self, size=-1):
+            chunk = super().read(size)
+            CountingStream.consumed += len(chunk)
+            return chunk
+
+    seen = inspect_file(CountingStream(data), "bad.csv")
+
+    assert seen["samples"] == []
+    assert CountingStream.consumed < 2 * 1024 * 1024
+
+
 def test_inspect_file_shows_columns_and_the_automatic_mapping():
     seen = inspect_file(io.BytesIO(survey_bytes()), "survey.csv")
 

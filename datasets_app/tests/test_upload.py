@@ -223,3 +223,16 @@ def test_the_web_process_never_loads_a_tokenizer_or_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
 
     assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_upload_still_checks_csrf(owner, survey_bytes, settings):
+    from django.test import Client
+
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(owner)
+
+    response = post_upload(client, survey_bytes)
+
+    assert response.status_code == 403
+    assert Dataset.objects.count() == 0
+    assert stored_files(settings.MEDIA_ROOT) == []
