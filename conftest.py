@@ -39,7 +39,13 @@ def _isolated_settings(settings, tmp_path):
     }
     from django.core.cache import cache
 
+    from llmtuner.celery import app
+
     cache.clear()
+    # Tasks queued in unit tests run in-process (and only once their transaction
+    # commits); tests that need the real broker use `celery_worker_process`.
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
     yield
 
 
@@ -119,6 +125,9 @@ def celery_worker_process(transactional_db, tmp_path, settings):
         pytest.skip("a worker process cannot share an in-memory SQLite test database")
     else:
         env["DATABASE_URL"] = f"sqlite:///{connection.settings_dict['NAME']}"
+    from llmtuner.celery import app
+
+    app.conf.task_always_eager = False
     _purge_queues(broker)
     log_path = tmp_path / "worker.log"
     with open(log_path, "wb") as log:

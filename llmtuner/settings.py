@@ -300,6 +300,8 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": MAX_JOB_RUNTIME_SECONDS + 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Training runs for hours on its own queue, so short tasks never wait behind it.
+CELERY_TASK_ROUTES = {"jobs.tasks.run_local_job": {"queue": "training"}}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False  # a lost training run is reaped, not replayed
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -314,7 +316,10 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(VAR_DIR / "celerybeat-schedule")
 CELERY_IMPORTS = ("llmtuner.health",)
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "worker-heartbeat": {"task": "llmtuner.health.worker_heartbeat", "schedule": 60.0},
+    "reap-stale-jobs": {"task": "jobs.tasks.reap_stale_jobs", "schedule": 30.0},
 }
+# A local job whose worker has not written a heartbeat for this long is failed.
+LOCAL_JOB_HEARTBEAT_TIMEOUT = env_int("LOCAL_JOB_HEARTBEAT_TIMEOUT", 60, 10)
 
 # --- Security -----------------------------------------------------------------
 

@@ -1,0 +1,303 @@
+"""Local backend: run finetune.py in a subprocess, the way a SageMaker container would.
+
+The worker lays out the SM_* folders in a temp dir, copies the prepared dataset
+in, runs the script in its own process group, turns each stdout line into a
+lifecycle event, writes a heartbeat, watches for a stop request, and finally
+uploads the model folder to storage under the owner's prefix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from django.conf import settings
+
+from datasets_app import storage
+from jobs import lifecycle
+from jobs.models import JobStatus, TrainingJob
+
+logger = logging.getLogger(__name__)
+SCRIPT = Path(settings.BASE_DIR) / "training_scripts" / "finetune.py"
+HEARTBEAT_SECONDS = 2.0
+LOG_FLUSH_SECONDS = 1.0
+STOP_GRACE_SECONDS = 15.0
+# Variables the script may see; everything else in the worker's environment
+# (database URLs, AWS keys, the Django secret) stays out of its reach.
+PASSED_ENVIRONMENT = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "HF_HOME",
+    "HF_TOKEN",
+    "HF_HUB_OFFLINE",
+    "HF_ENDPOINT",
+    "TRANSFORMERS_OFFLINE",
+    "OMP_NUM_THREADS",
+    "CUDA_VISIBLE_DEVICES",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_L2_SIZE",
+    "PYTHONPATH",
+)
+
+
+def script_arguments(hyperparameters: dict) -> list[str]:
+    """Hyperparameters as SageMaker passes them: `--name <json value>`."""
+    arguments = []
+    for name, value in hyperparameters.items():
+        arguments += [f"--{name}", json.dumps(value)]
+    return arguments
+
+
+def run_job(job_id: int) -> None:
+    if not _claim(job_id):
+        return
+    job = TrainingJob.objects.select_related("dataset", "base_model").get(pk=job_id)
+    with tempfile.TemporaryDirectory(prefix=f"llmtuner-job-{job_id}-") as workdir:
+        LocalRun(job, Path(workdir)).run()
+
+
+def _claim(job_id: int) -> bool:
+    # Zero rows: someone else has it, or it was stopped while queued.
+    return lifecycle.transition(job_id, JobStatus.PREPARING, "Preparing the data and the model")
+
+
+class LocalRun:
+    def __init__(self, job: TrainingJob, workdir: Path) -> None:
+        self.job = job
+        self.workdir = workdir
+        self.log_path = workdir / "train.log"
+        self.pending_log: list[str] = []
+        self.last_log_flush = 0.0
+        self.last_heartbeat = 0.0
+        self.stop_sent_at: float | None = None
+        self.saw_done = False
+        self.last_error: str | None = None
+
+    def run(self) -> None:
+        job = self.job
+        try:
+            folders = self._lay_out()
+        except Exception as error:
+            self._finish_failed(f"Could not prepare the training data: {error}")
+            return
+        self._log(f"Running finetune.py for {job.base_model.hub_id} ({job.method})")
+        process = subprocess.Popen(
+            [sys.executable, "-u", str(SCRIPT), *script_arguments(job.hyperparameters)],
+            cwd=self.workdir,
+            env=self._environment(folders),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            preexec_fn=_die_with_parent_in_new_session,  # noqa: PLW1509 - Linux-only worker
+        )
+        lines: queue.Queue[tuple[str, str | None]] = queue.Queue()
+        readers = [
+            threading.Thread(target=_pump, args=(process.stdout, "out", lines), daemon=True),
+            threading.Thread(target=_pump, args=(process.stderr, "err", lines), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        open_streams = 2
+        while open_streams:
+            try:
+                stream, line = lines.get(timeout=0.5)
+            except queue.Empty:
+                stream, line = None, None
+            if stream is not None and line is None:
+                open_streams -= 1
+            elif line is not None:
+                self._handle_line(stream, line)
+            self._tick(process)
+        returncode = process.wait()
+        self._flush_log()
+        self._finish(returncode, folders)
+
+    def _lay_out(self) -> dict[str, Path]:
+        folders = {
+            name: self.workdir / name for name in ("train", "validation", "model", "output", "checkpoints")
+        }
+        for folder in folders.values():
+            folder.mkdir()
+        dataset = self.job.dataset
+        if dataset is None:
+            raise ValueError("the dataset was deleted")
+        if not dataset.is_ready:
+            raise ValueError(f"the dataset is {dataset.get_status_display().lower()}, not ready")
+        _copy_from_storage(dataset.train_file, folders["train"] / "train.jsonl")
+        if dataset.validation_file:
+            _copy_from_storage(dataset.validation_file, folders["validation"] / "validation.jsonl")
+        return folders
+
+    def _environment(self, folders: dict[str, Path]) -> dict[str, str]:
+        env = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
+        env.update(
+            SM_CHANNEL_TRAIN=str(folders["train"]),
+            SM_MODEL_DIR=str(folders["model"]),
+            SM_OUTPUT_DATA_DIR=str(folders["output"]),
+            SM_CHECKPOINT_DIR=str(folders["checkpoints"]),
+            PYTHONUNBUFFERED="1",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        validation = folders["validation"] / "validation.jsonl"
+        if validation.exists() and validation.stat().st_size > 0:
+            env["SM_CHANNEL_VALIDATION"] = str(folders["validation"])
+        return env
+
+    def _handle_line(self, stream: str, line: str) -> None:
+        event = _parse_event(line) if stream == "out" else None
+        if event is None:
+            self._log(line)
+            return
+        if event["event"] == "done":
+            self.saw_done = True
+        if event["event"] == "error":
+            self.last_error = str(event.get("message") or "")
+        lifecycle.record_event(self.job.pk, event)
+        self._log(_describe(event))
+
+    def _tick(self, process: subprocess.Popen) -> None:
+        now = time.monotonic()
+        if now - self.last_log_flush >= LOG_FLUSH_SECONDS:
+            self._flush_log()
+        if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
+            self.last_heartbeat = now
+            lifecycle.heartbeat(self.job.pk)
+            status = TrainingJob.objects.filter(pk=self.job.pk).values_list("status", flat=True).first()
+            if status in (JobStatus.STOPPING, None) and self.stop_sent_at is None:
+                self._log("Stop requested: asking the training script to stop")
+                _signal_group(process, signal.SIGTERM)
+                self.stop_sent_at = now
+        if self.stop_sent_at is not None and now - self.stop_sent_at > STOP_GRACE_SECONDS:
+            if process.poll() is None:
+                self._log("The script did not stop in time; killing it")
+                _signal_group(process, signal.SIGKILL)
+            self.stop_sent_at = float("inf")
+
+    def _finish(self, returncode: int, folders: dict[str, Path]) -> None:
+        job_id = self.job.pk
+        status = TrainingJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
+        if status is None:
+            return
+        if status == JobStatus.STOPPING:
+            self._store_log()
+            lifecycle.transition(job_id, JobStatus.STOPPED, "Stopped")
+            return
+        if returncode != 0 or not self.saw_done:
+            self._store_log()
+            message = self.last_error or f"The training script exited with code {returncode}"
+            self._finish_failed(message)
+            return
+        lifecycle.transition(job_id, JobStatus.UPLOADING, "Saving the tuned model")
+        try:
+            prefix = f"{self.job.storage_prefix()}/model"
+            _upload_folder(folders["model"], prefix)
+            _upload_folder(folders["output"], f"{self.job.storage_prefix()}/output")
+        except Exception as error:
+            self._store_log()
+            self._finish_failed(f"Could not save the tuned model to storage: {error}")
+            return
+        self._log("Model saved")
+        self._flush_log()
+        self._store_log()
+        lifecycle.transition(job_id, JobStatus.COMPLETED, "Completed", model_prefix=prefix)
+
+    def _finish_failed(self, message: str) -> None:
+        self._log(message)
+        self._flush_log()
+        lifecycle.transition(self.job.pk, JobStatus.FAILED, message)
+
+    def _log(self, line: str) -> None:
+        self.pending_log.append(line)
+        with open(self.log_path, "a", encoding="utf-8") as log:
+            log.write(line.rstrip("\n") + "\n")
+
+    def _flush_log(self) -> None:
+        self.last_log_flush = time.monotonic()
+        if self.pending_log:
+            lines, self.pending_log = self.pending_log, []
+            lifecycle.append_log(self.job.pk, lines)
+
+    def _store_log(self) -> None:
+        key = f"{self.job.storage_prefix()}/logs/train.log"
+        try:
+            storage.delete([key])
+            stored = storage.save_path(key, self.log_path)
+        except Exception:
+            logger.exception("could not store the log of job %s", self.job.pk)
+            return
+        TrainingJob.objects.filter(pk=self.job.pk).update(log_key=stored)
+
+
+def _parse_event(line: str) -> dict | None:
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        event = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
+
+
+def _describe(event: dict) -> str:
+    kind = event["event"]
+    if kind == "progress":
+        return (
+            f"step {event.get('step')}/{event.get('total_steps')} loss {_fmt(event.get('loss'))} "
+            f"lr {_fmt(event.get('learning_rate'))} {_fmt(event.get('tokens_per_second'))} tokens/s"
+        )
+    if kind == "eval":
+        return f"eval at step {event.get('step')}: loss {_fmt(event.get('eval_loss'))}"
+    if kind == "error":
+        return f"error: {event.get('message')}"
+    return json.dumps(event)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
+
+
+def _pump(stream, name: str, lines: queue.Queue) -> None:
+    for raw in iter(stream.readline, b""):
+        lines.put((name, raw.decode("utf-8", errors="replace").rstrip("\n")))
+    lines.put((name, None))
+
+
+def _die_with_parent_in_new_session() -> None:
+    os.setsid()
+    # If the worker is killed (even with SIGKILL), the kernel kills the script too,
+    # so no orphaned training keeps running after the reaper failed the job.
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _signal_group(process: subprocess.Popen, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signum)
+
+
+def _copy_from_storage(key: str, destination: Path) -> None:
+    with storage.open_stream(key) as source, open(destination, "wb") as target:
+        shutil.copyfileobj(source, target, length=1024 * 1024)
+
+
+def _upload_folder(folder: Path, prefix: str) -> None:
+    # A retried upload replaces what an interrupted one left.
+    storage.delete_prefix(f"{prefix}/")
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            storage.save_path(f"{prefix}/{path.relative_to(folder).as_posix()}", path)

@@ -1,0 +1,233 @@
+"""The one owner of a training job's state.
+
+Both backends feed the same events here (the JSON lines of finetune.py, and
+the states they observe). Every change is a conditional update against the
+legal source states, so a late or repeated event never moves a job backwards,
+and two writers racing cannot both win.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.db.models.functions import Coalesce, Greatest
+from django.utils import timezone
+
+from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+
+logger = logging.getLogger(__name__)
+
+S = JobStatus
+# to-state: the states it may be entered from.
+ALLOWED_FROM: dict[str, frozenset[str]] = {
+    S.PREPARING: frozenset({S.QUEUED}),
+    S.TRAINING: frozenset({S.QUEUED, S.PREPARING}),
+    S.UPLOADING: frozenset({S.PREPARING, S.TRAINING}),
+    S.COMPLETED: frozenset({S.PREPARING, S.TRAINING, S.UPLOADING, S.STOPPING}),
+    S.FAILED: frozenset({S.QUEUED, S.PREPARING, S.TRAINING, S.UPLOADING, S.STOPPING}),
+    S.STOPPING: frozenset({S.QUEUED, S.PREPARING, S.TRAINING, S.UPLOADING}),
+    S.STOPPED: frozenset({S.QUEUED, S.PREPARING, S.TRAINING, S.UPLOADING, S.STOPPING}),
+    S.QUEUED: frozenset(),
+}
+# How far along each state is; used to keep a job's state from going backwards.
+RANK = {
+    S.QUEUED: 0,
+    S.PREPARING: 1,
+    S.TRAINING: 2,
+    S.UPLOADING: 3,
+    S.STOPPING: 4,
+    S.COMPLETED: 5,
+    S.FAILED: 5,
+    S.STOPPED: 5,
+}
+PROGRESSING_STATES = (S.PREPARING, S.TRAINING)
+LOG_TAIL_LINES = 500
+MAX_LOG_LINE_CHARS = 2000
+
+
+def can_transition(current: str, target: str) -> bool:
+    return current in ALLOWED_FROM[target]
+
+
+def transition(
+    job_id: int, target: str, message: str | None = None, *, only_from: set[str] | None = None, **fields
+) -> bool:
+    """Move the job to `target` if that is legal from where it is now. Returns whether it moved.
+
+    `only_from` narrows the legal source states further (e.g. stop at once only if still queued).
+    """
+    sources = ALLOWED_FROM[target] & only_from if only_from is not None else ALLOWED_FROM[target]
+    now = timezone.now()
+    updates = {"status": target, **fields}
+    if message is not None:
+        updates["status_message"] = message[:1000]
+    if target == S.PREPARING:
+        updates.update(started_at=now, heartbeat_at=now)
+    elif target == S.TRAINING:
+        updates.update(training_started_at=Coalesce(F("training_started_at"), now), heartbeat_at=now)
+        updates.setdefault("started_at", Coalesce(F("started_at"), now))
+    elif target == S.STOPPING:
+        updates["stop_requested_at"] = now
+    elif target in FINAL_STATES:
+        updates["finished_at"] = now
+        updates["eta_seconds"] = None
+    if target == S.COMPLETED:
+        updates["step"] = Greatest(F("step"), F("total_steps"))
+    with transaction.atomic():
+        moved = TrainingJob.objects.filter(pk=job_id, status__in=sources).update(**updates) == 1
+        if moved and target in FINAL_STATES:
+            from jobs.tasks import notify_job_finished
+
+            notify_job_finished.delay_on_commit(job_id)
+    if moved:
+        logger.info("job %s -> %s %s", job_id, target, message or "")
+    return moved
+
+
+def record_event(job_id: int, event: dict) -> None:
+    """Apply one progress-protocol event from finetune.py (either backend)."""
+    kind = event.get("event")
+    if kind == "start":
+        transition(job_id, S.TRAINING, "Training", total_steps=_int(event.get("total_steps")))
+    elif kind == "progress":
+        _record_progress(job_id, event)
+    elif kind == "eval":
+        _record_eval(job_id, event)
+    elif kind == "done":
+        metrics = {k: v for k, v in event.items() if k != "event"}
+        TrainingJob.objects.filter(pk=job_id).exclude(status__in=FINAL_STATES).update(metrics=metrics)
+    elif kind == "error":
+        message = str(event.get("message") or "Training failed")
+        # A job being stopped ends stopped, whatever the script says on its way out.
+        if not TrainingJob.objects.filter(pk=job_id, status=S.STOPPING).exists():
+            transition(job_id, S.FAILED, message)
+
+
+def _record_progress(job_id: int, event: dict) -> None:
+    step = _int(event.get("step"))
+    if step is None:
+        return
+    if TrainingJob.objects.filter(pk=job_id, status__in=(S.QUEUED, S.PREPARING)).exists():
+        transition(job_id, S.TRAINING, "Training")
+    fields = {
+        "step": step,
+        "epoch": _float(event.get("epoch")) or 0,
+        "loss": _float(event.get("loss")),
+        "learning_rate": _float(event.get("learning_rate")),
+        "tokens_per_second": _float(event.get("tokens_per_second")),
+        "eta_seconds": _float(event.get("eta_seconds")),
+        "heartbeat_at": timezone.now(),
+    }
+    total = _int(event.get("total_steps"))
+    if total:
+        fields["total_steps"] = total
+    fields = {k: v for k, v in fields.items() if v is not None or k in ("eta_seconds",)}
+    # step__lte keeps a late event from rewinding the bar; the state filter
+    # keeps a stopped or finished job as it ended.
+    moved = (
+        TrainingJob.objects.filter(pk=job_id, step__lte=step, status__in=(S.TRAINING, S.STOPPING)).update(
+            **fields
+        )
+        == 1
+    )
+    loss = _float(event.get("loss"))
+    if moved and loss is not None:
+        point_exists = MetricPoint.objects.filter(job_id=job_id, step=step, loss__isnull=False).exists()
+        if not point_exists:
+            MetricPoint.objects.create(
+                job_id=job_id,
+                step=step,
+                epoch=_float(event.get("epoch")),
+                loss=loss,
+                learning_rate=_float(event.get("learning_rate")),
+            )
+
+
+def _record_eval(job_id: int, event: dict) -> None:
+    eval_loss = _float(event.get("eval_loss"))
+    step = _int(event.get("step"))
+    if eval_loss is None or step is None:
+        return
+    updated = (
+        TrainingJob.objects.filter(pk=job_id)
+        .exclude(status__in=FINAL_STATES)
+        .update(eval_loss=eval_loss, heartbeat_at=timezone.now())
+    )
+    if updated and not MetricPoint.objects.filter(job_id=job_id, step=step, eval_loss__isnull=False).exists():
+        MetricPoint.objects.create(
+            job_id=job_id, step=step, eval_loss=eval_loss, epoch=_float(event.get("epoch"))
+        )
+
+
+def append_log(job_id: int, lines: list[str]) -> None:
+    """Add lines to the job's log tail in the database, keeping the last LOG_TAIL_LINES."""
+    lines = [line.rstrip()[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
+    if not lines:
+        return
+    with transaction.atomic():
+        first = (
+            TrainingJob.objects.select_for_update()
+            .filter(pk=job_id)
+            .values_list("log_seq", flat=True)
+            .first()
+        )
+        if first is None:
+            return
+        LogLine.objects.bulk_create(
+            LogLine(job_id=job_id, seq=first + i + 1, text=text) for i, text in enumerate(lines)
+        )
+        last = first + len(lines)
+        TrainingJob.objects.filter(pk=job_id).update(log_seq=last)
+        # Trim in batches rather than on every call.
+        if last // 100 != first // 100:
+            LogLine.objects.filter(job_id=job_id, seq__lte=last - LOG_TAIL_LINES).delete()
+
+
+def heartbeat(job_id: int) -> None:
+    TrainingJob.objects.filter(pk=job_id).update(heartbeat_at=timezone.now())
+
+
+def request_stop(job: TrainingJob) -> bool:
+    """Stop a job for its owner. A queued job stops at once; a running one goes to stopping."""
+    if transition(job.pk, S.STOPPED, "Stopped before it started", only_from={S.QUEUED}):
+        return True
+    # The local worker sees `stopping` on its next heartbeat and signals the script.
+    return transition(job.pk, S.STOPPING, "Stopping…")
+
+
+def reap_stale_jobs(now: datetime | None = None) -> list[int]:
+    """Fail local jobs whose worker stopped writing heartbeats."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.LOCAL_JOB_HEARTBEAT_TIMEOUT)
+    stale = TrainingJob.objects.filter(
+        backend=Backend.LOCAL, status__in=ACTIVE_STATES, heartbeat_at__lt=cutoff
+    ).values_list("pk", "heartbeat_at", "status")
+    reaped = []
+    for job_id, last_beat, status in stale:
+        when = timezone.localtime(last_beat).strftime("%Y-%m-%d %H:%M:%S %Z")
+        target = S.STOPPED if status == S.STOPPING else S.FAILED
+        message = f"The worker stopped responding at {when}; the job was marked {target}. You can retry it."
+        if transition(job_id, target, message):
+            append_log(job_id, [message])
+            reaped.append(job_id)
+    return reaped
+
+
+def _float(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None

@@ -1,0 +1,219 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.urls import reverse
+
+
+class Architecture(models.TextChoices):
+    CAUSAL = "causal", "Causal LM"
+    SEQ2SEQ = "seq2seq", "Sequence-to-sequence"
+
+
+class Method(models.TextChoices):
+    FULL = "full", "Full fine-tuning"
+    LORA = "lora", "LoRA"
+
+
+class BaseModel(models.Model):
+    """A model people can start from: a Hugging Face Hub id or a `scratch:` recipe."""
+
+    name = models.CharField(max_length=100)
+    hub_id = models.CharField(max_length=200, unique=True, help_text="Hub id, local path, or scratch:NAME")
+    family = models.CharField(max_length=50)
+    architecture = models.CharField(max_length=10, choices=Architecture.choices, default=Architecture.CAUSAL)
+    parameters = models.BigIntegerField(help_text="Number of parameters")
+    context_length = models.PositiveIntegerField()
+    licence = models.CharField(max_length=100)
+    gated = models.BooleanField(default=False, help_text="Needs HF_TOKEN and an accepted licence")
+    recommended_method = models.CharField(max_length=10, choices=Method.choices, default=Method.FULL)
+    recommended_instance_types = models.JSONField(default=list, blank=True)
+    description = models.TextField(blank=True)
+    is_active = models.BooleanField(default=True)
+    sort_order = models.PositiveIntegerField(default=100)
+
+    class Meta:
+        ordering = ["sort_order", "parameters"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def parameters_display(self) -> str:
+        if self.parameters >= 1_000_000_000:
+            return f"{self.parameters / 1e9:.1f}B"
+        return f"{self.parameters / 1e6:.0f}M"
+
+
+class InstanceType(models.Model):
+    """A SageMaker training instance type with its price; drives estimates and costs."""
+
+    name = models.CharField(max_length=50, unique=True, help_text="e.g. ml.g5.xlarge")
+    vcpus = models.PositiveIntegerField()
+    memory_gib = models.FloatField()
+    gpu_type = models.CharField(max_length=50, blank=True)
+    gpu_count = models.PositiveIntegerField(default=0)
+    gpu_memory_gib = models.FloatField(default=0, help_text="Per GPU")
+    bf16_tflops = models.FloatField(default=0, help_text="Sustained bf16 TFLOP/s of the whole instance")
+    fp32_tflops = models.FloatField(default=0, help_text="Sustained fp32 TFLOP/s of the whole instance")
+    price_per_hour_usd = models.DecimalField(max_digits=10, decimal_places=4)
+    price_region = models.CharField(max_length=30, default="us-east-1")
+    price_date = models.DateField()
+    is_active = models.BooleanField(default=True)
+
+    class Meta:
+        ordering = ["gpu_count", "price_per_hour_usd"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def has_gpu(self) -> bool:
+        return self.gpu_count > 0
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    PREPARING = "preparing", "Preparing"
+    TRAINING = "training", "Training"
+    UPLOADING = "uploading", "Saving model"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+
+
+FINAL_STATES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED})
+ACTIVE_STATES = frozenset({JobStatus.PREPARING, JobStatus.TRAINING, JobStatus.UPLOADING, JobStatus.STOPPING})
+
+
+class Backend(models.TextChoices):
+    LOCAL = "local", "This machine"
+    SAGEMAKER = "sagemaker", "AWS SageMaker"
+
+
+class TrainingJob(models.Model):
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="training_jobs"
+    )
+    name = models.CharField(max_length=200)
+    dataset = models.ForeignKey(
+        "datasets_app.Dataset", on_delete=models.SET_NULL, null=True, related_name="training_jobs"
+    )
+    base_model = models.ForeignKey(BaseModel, on_delete=models.PROTECT, related_name="training_jobs")
+    backend = models.CharField(max_length=20, choices=Backend.choices, default=Backend.LOCAL)
+    method = models.CharField(max_length=10, choices=Method.choices, default=Method.FULL)
+    hyperparameters = models.JSONField(default=dict, help_text="Validated values passed to finetune.py")
+
+    status = models.CharField(
+        max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED, db_index=True
+    )
+    status_message = models.CharField(max_length=1000, blank=True)
+    attempt = models.PositiveIntegerField(default=1)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+
+    # Progress, written by the lifecycle from the backend's events; the
+    # progress partial reads only these.
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    epoch = models.FloatField(default=0)
+    loss = models.FloatField(null=True, blank=True)
+    eval_loss = models.FloatField(null=True, blank=True)
+    learning_rate = models.FloatField(null=True, blank=True)
+    tokens_per_second = models.FloatField(null=True, blank=True)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="Final metrics from the done event")
+    log_seq = models.PositiveIntegerField(default=0, help_text="Sequence number of the last log line")
+
+    # Estimate and cost. The local backend costs nothing.
+    instance_type = models.ForeignKey(
+        InstanceType, on_delete=models.PROTECT, null=True, blank=True, related_name="training_jobs"
+    )
+    instance_count = models.PositiveIntegerField(default=1)
+    use_spot = models.BooleanField(default=False)
+    max_cost_usd = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    estimated_seconds = models.PositiveIntegerField(null=True, blank=True)
+    estimated_cost_usd = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
+    cost_usd = models.DecimalField(max_digits=10, decimal_places=4, default=0)
+    billable_seconds = models.PositiveIntegerField(null=True, blank=True)
+
+    # SageMaker bookkeeping, written by the poller only.
+    sagemaker_job_name = models.CharField(max_length=63, blank=True, db_index=True)
+    sagemaker_status = models.CharField(max_length=30, blank=True)
+    sagemaker_secondary_status = models.CharField(max_length=40, blank=True)
+    sagemaker_log_state = models.JSONField(default=dict, blank=True, help_text="Log streams and their tokens")
+    sagemaker_last_modified = models.DateTimeField(null=True, blank=True)
+    model_artifacts_uri = models.CharField(max_length=1000, blank=True)
+
+    model_prefix = models.CharField(max_length=500, blank=True, help_text="Storage prefix of the tuned model")
+    log_key = models.CharField(max_length=500, blank=True, help_text="Storage key of the full log")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    training_started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    notified_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["owner", "-created_at"]),
+            models.Index(fields=["status", "backend"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def get_absolute_url(self) -> str:
+        return reverse("jobs:detail", args=[self.pk])
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATES
+
+    @property
+    def percent(self) -> int:
+        if self.status == JobStatus.COMPLETED:
+            return 100
+        if not self.total_steps:
+            return 0
+        return min(100, int(100 * self.step / self.total_steps))
+
+    def storage_prefix(self) -> str:
+        return f"users/{self.owner_id}/jobs/{self.pk}"
+
+
+class MetricPoint(models.Model):
+    """One point of the loss chart; the chart fetches points after an id cursor."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="metric_points")
+    step = models.PositiveIntegerField()
+    epoch = models.FloatField(null=True, blank=True)
+    loss = models.FloatField(null=True, blank=True)
+    eval_loss = models.FloatField(null=True, blank=True)
+    learning_rate = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["job", "id"])]
+
+    def __str__(self) -> str:
+        return f"step {self.step}"
+
+
+class LogLine(models.Model):
+    """The last lines of a job's log; the whole log is kept in storage."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="log_lines")
+    seq = models.PositiveIntegerField()
+    text = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["seq"]
+        constraints = [models.UniqueConstraint(fields=["job", "seq"], name="unique_log_seq_per_job")]
+
+    def __str__(self) -> str:
+        return self.text

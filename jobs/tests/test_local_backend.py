@@ -1,0 +1,85 @@
+"""The local backend runs the real finetune.py on the scratch model."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from datasets_app import storage
+from jobs import lifecycle
+from jobs.backends import local
+from jobs.models import JobStatus, LogLine, MetricPoint, TrainingJob
+from jobs.tests.conftest import make_job
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_hyperparameters_are_passed_as_sagemaker_does():
+    assert local.script_arguments({"learning_rate": 5e-05, "packing": True, "base_model": "gpt2"}) == [
+        "--learning_rate", "5e-05", "--packing", "true", "--base_model", '"gpt2"',
+    ]  # fmt: skip
+
+
+@pytest.mark.django_db
+def test_a_local_job_trains_and_stores_the_model(owner):
+    job = make_job(owner)
+    local.run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED, job.status_message
+    assert job.step == job.total_steps > 0
+    losses = list(MetricPoint.objects.filter(job=job, loss__isnull=False).values_list("loss", flat=True))
+    assert len(losses) >= 3
+    assert losses[-1] < losses[0]
+    stored = storage.list_keys(job.model_prefix + "/")
+    names = {key.rsplit("/", 1)[-1] for key in stored}
+    assert {"config.json", "model.safetensors", "metrics.json", "hyperparameters.json"} <= names
+    assert any(name.startswith("tokenizer") for name in names)
+    assert job.log_key and storage.exists(job.log_key)
+    assert LogLine.objects.filter(job=job).exists()
+    assert job.metrics
+
+
+@pytest.mark.django_db
+def test_a_job_whose_claim_was_taken_does_nothing(owner):
+    job = make_job(owner)
+    lifecycle.transition(job.pk, JobStatus.STOPPED)
+    local.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.STOPPED
+    assert not MetricPoint.objects.filter(job=job).exists()
+
+
+@pytest.mark.django_db
+def test_bad_hyperparameters_fail_the_job_with_the_reason(owner):
+    job = make_job(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(hyperparameters={**job.hyperparameters, "learning_rate": 50})
+    local.run_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert "learning_rate" in job.status_message
+
+
+@pytest.mark.django_db(transaction=True)
+def test_stop_mid_training_ends_stopped(owner):
+    job = make_job(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(
+        hyperparameters={**job.hyperparameters, "max_steps": 100000, "epochs": 1000, "logging_steps": 5}
+    )
+    runner = threading.Thread(target=local.run_job, args=(job.pk,))
+    runner.start()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        job.refresh_from_db()
+        if job.status == JobStatus.TRAINING and job.step > 0:
+            break
+        time.sleep(0.5)
+    assert job.status == JobStatus.TRAINING
+    assert lifecycle.request_stop(job)
+    runner.join(60)
+    assert not runner.is_alive()
+    job.refresh_from_db()
+    assert job.status == JobStatus.STOPPED
+    assert job.finished_at is not None
