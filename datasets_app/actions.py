@@ -7,6 +7,7 @@ side effects (stored objects, the queued task) after the commit.
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 import uuid
@@ -238,8 +239,6 @@ def read_samples(dataset: Dataset, split: str, page: int, per_page: int = SAMPLE
 
 
 def _load(line: bytes) -> dict[str, Any]:
-    import json
-
     try:
         value = json.loads(line)
     except ValueError:
