@@ -11,6 +11,7 @@ import json
 import logging
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,7 @@ def prepare_again(dataset: Dataset, options: ReadOptions, queue: bool = True) ->
             dataset.queue_preparation("")
 
 
-def run_preparation(dataset_id: int) -> Dataset | None:
+def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None = None) -> Dataset | None:
     """Claim a queued dataset and prepare it; None when there was nothing to claim.
 
     A PreparationError (the file's fault) fails the dataset with its message
@@ -161,6 +162,12 @@ def run_preparation(dataset_id: int) -> Dataset | None:
     if dataset is None:
         return None
     old_outputs = [dataset.train_file, dataset.validation_file]
+
+    def progress(rows: int) -> None:
+        dataset.record_progress(rows)
+        if on_progress is not None:
+            on_progress(rows)
+
     prefix = dataset.storage_prefix
     with tempfile.TemporaryDirectory(prefix="dataset-", dir=settings.FILE_UPLOAD_TEMP_DIR) as tmp:
         train_path, validation_path = Path(tmp) / "train.jsonl", Path(tmp) / "validation.jsonl"
@@ -176,7 +183,7 @@ def run_preparation(dataset_id: int) -> Dataset | None:
                     train,
                     validation,
                     prepare_options(dataset),
-                    progress=dataset.record_progress,
+                    progress=progress,
                 )
             train_key = storage.save_path(prefix + "train.jsonl", train_path)
             validation_key = storage.save_path(prefix + "validation.jsonl", validation_path)

@@ -87,9 +87,12 @@ class Command(BaseCommand):
             except actions.PreparationError as exc:
                 return None, str(exc)
         self.stderr.write(f"Preparing “{dataset.name}” (id {dataset.pk})…")
-        actions.run_preparation(dataset.pk)
+        actions.run_preparation(dataset.pk, on_progress=self.show_progress)
         dataset.refresh_from_db()
         return dataset, dataset.error
+
+    def show_progress(self, rows: int) -> None:
+        self.stderr.write(f"  {rows:,} rows read…")
 
     @staticmethod
     def summary(dataset: Dataset | None, error: str) -> dict:
