@@ -1,0 +1,285 @@
+"""Training throughput of training_scripts/finetune.py against a plain Hugging Face Trainer baseline.
+
+    python bench/bench_finetune.py                     # 3 alternating pairs, 60 steps each
+    python bench/bench_finetune.py --steps 100 --repeats 5 --seq-len 256
+
+Both sides train the same tiny GPT-2 (2 layers, n_embd 128, 4 heads, a 3000-token byte-level
+BPE learnt on the data; built once and saved to a folder both load) on the same text
+samples with the same hyperparameters (full fine-tuning, batch size, sequence length,
+steps, learning rate, linear schedule, no warm-up, fp32 on CPU / the same mixed precision
+on a GPU). The baseline is the run_clm recipe: tokenize, `group_texts` into blocks, Trainer
+with default_data_collator, no evaluation, no saving.
+
+Each side runs as its own subprocess, alternately, `--repeats` times. Throughput is
+training tokens / seconds from just before the first step to just after the last one
+(finetune.py: its `done` event; baseline: on_train_begin .. on_train_end callbacks), so
+process start, model loading and saving are left out of both; the wall time of each whole
+process is printed too. The best run of each side is compared (the least disturbed by other
+load on the machine); medians are printed too. Target: finetune.py tokens/s >= 1.0 x the
+baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "training_scripts" / "finetune.py"
+
+WORDS = " ".join(
+    [
+        "model data train token learn batch layer weight value loss step rate cloud job queue worker",
+        "river stone forest market window garden silver yellow quick brown lazy happy north south",
+        "east west morning evening winter summer city village road bridge music paper letter number",
+    ]
+).split(" ")
+
+
+def make_rows(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        sentences = []
+        for _ in range(rng.randint(3, 8)):
+            sentences.append(
+                " ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 14))).capitalize() + "."
+            )
+        rows.append({"text": " ".join(sentences)})
+    return rows
+
+
+def build_model(rows: list[dict], folder: Path, seq_len: int) -> None:
+    sys.path.insert(0, str(ROOT / "training_scripts"))
+    import engine  # the same builder as scratch:tiny-gpt2
+
+    model, tokenizer = engine.build_scratch(
+        "scratch:tiny-gpt2", [engine.parse_sample(r) for r in rows], max(seq_len, 128)
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+# ----------------------------------------------------------------------------- baseline (child)
+
+
+def baseline(args) -> None:
+    import torch
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainerCallback,
+        TrainingArguments,
+        default_data_collator,
+        set_seed,
+    )
+
+    set_seed(args.seed)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model)
+    with open(args.data, encoding="utf-8") as fh:
+        texts = [json.loads(line)["text"] for line in fh]
+    tokenized = tokenizer(texts)
+
+    def group_texts(examples, block_size):  # as in examples/pytorch/language-modeling/run_clm.py
+        concatenated = {k: sum(examples[k], []) for k in examples}
+        total_length = len(concatenated["input_ids"])
+        total_length = (total_length // block_size) * block_size
+        result = {
+            k: [t[i : i + block_size] for i in range(0, total_length, block_size)]
+            for k, t in concatenated.items()
+        }
+        result["labels"] = result["input_ids"].copy()
+        return result
+
+    grouped = group_texts(dict(tokenized), args.seq_len)
+    rows = [{k: grouped[k][i] for k in grouped} for i in range(len(grouped["input_ids"]))]
+
+    class Timer(TrainerCallback):
+        begin = end = 0.0
+
+        def on_train_begin(self, *a, **k):
+            Timer.begin = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            Timer.end = time.perf_counter()
+
+    gpu = torch.cuda.is_available()
+    bf16 = gpu and torch.cuda.is_bf16_supported()
+    targs = TrainingArguments(
+        output_dir=args.out,
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps,
+        learning_rate=args.lr,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        weight_decay=0.0,
+        logging_steps=max(1, args.steps // 100),  # the same cadence finetune.py uses by default
+        save_strategy="no",
+        eval_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=args.seed,
+        bf16=bf16,
+        fp16=gpu and not bf16,
+        use_cpu=not gpu,
+    )
+    trainer = Trainer(
+        model=model,
+        args=targs,
+        train_dataset=rows,
+        data_collator=default_data_collator,
+        callbacks=[Timer()],
+    )
+    started = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - started
+    tokens = args.steps * args.batch_size * args.seq_len
+    seconds = Timer.end - Timer.begin
+    print(
+        json.dumps(
+            {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds, "train_call": total}
+        )
+    )
+
+
+# ----------------------------------------------------------------------------- parent
+
+
+def child_env(args) -> dict:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if args.threads:
+        env["OMP_NUM_THREADS"] = str(args.threads)
+    return env
+
+
+def run_finetune(args, model_dir: Path, data_dir: Path, out: Path) -> dict:
+    cmd = [sys.executable, str(SCRIPT), "--train_dir", str(data_dir)]
+    cmd += ["--model_dir", str(out / "model"), "--output_dir", str(out / "output")]
+    hps = {
+        "base_model": str(model_dir),
+        "method": "full",
+        "max_steps": args.steps,
+        "batch_size": args.batch_size,
+        "max_seq_length": args.seq_len,
+        "learning_rate": args.lr,
+        "lr_scheduler": "linear",
+        "warmup_ratio": 0,
+        "weight_decay": 0,
+        "seed": args.seed,
+        "validation_split": 0,
+        "num_sample_generations": 0,
+    }
+    for k, v in hps.items():
+        cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(args))
+    wall = time.perf_counter() - started
+    events = [json.loads(line) for line in proc.stdout.splitlines()]
+    done = [e for e in events if e["event"] == "done"]
+    if proc.returncode or not done:
+        sys.exit(f"finetune.py failed ({proc.returncode}): {events[-1:]}\n{proc.stderr[-3000:]}")
+    d = done[0]
+    return {
+        "tokens": d["train_tokens"],
+        "seconds": d["train_runtime"],
+        "tokens_per_second": d["tokens_per_second"],
+        "wall": wall,
+    }
+
+
+def run_baseline(args, model_dir: Path, data_file: Path, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--child-baseline", "--model", str(model_dir), "--data", str(data_file)]
+    cmd += ["--out", str(out), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
+    cmd += ["--seq-len", str(args.seq_len), "--lr", str(args.lr), "--seed", str(args.seed)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env(args))
+    wall = time.perf_counter() - started
+    if proc.returncode:
+        sys.exit(f"baseline failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall"] = wall
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--rows", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--threads", type=int, help="OMP_NUM_THREADS for both sides (default: torch's choice)"
+    )
+    parser.add_argument("--child-baseline", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--model", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_baseline:
+        baseline(args)
+        return
+
+    with tempfile.TemporaryDirectory(prefix="bench-finetune-") as tmp:
+        tmp = Path(tmp)
+        rows = make_rows(args.rows, args.seed)
+        data_dir = tmp / "data"
+        data_dir.mkdir()
+        data_file = data_dir / "train.jsonl"
+        data_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        model_dir = tmp / "tiny-gpt2"
+        build_model(rows, model_dir, args.seq_len)
+        print(
+            f"tiny GPT-2 from {model_dir.name}, {args.rows} text rows, {args.steps} steps x batch "
+            f"{args.batch_size} x {args.seq_len} tokens, {args.repeats} alternating pairs, "
+            f"{os.cpu_count()} CPUs, threads {args.threads or 'default'}, "
+            f"load average {os.getloadavg()[0]:.2f}"
+        )
+        ours, theirs = [], []
+        for i in range(args.repeats):
+            a = run_finetune(args, model_dir, data_dir, tmp / f"ft{i}")
+            b = run_baseline(args, model_dir, data_file, tmp / f"bl{i}")
+            ours.append(a)
+            theirs.append(b)
+            print(
+                f"  pair {i + 1}: finetune.py {a['tokens_per_second']:9.0f} tok/s "
+                f"({a['seconds']:.2f} s train, {a['wall']:.1f} s process) | "
+                f"Trainer+group_texts {b['tokens_per_second']:9.0f} tok/s "
+                f"({b['seconds']:.2f} s train, {b['wall']:.1f} s process) | ratio "
+                f"{a['tokens_per_second'] / b['tokens_per_second']:.3f}"
+            )
+        for name, runs in (("finetune.py", ours), ("Trainer+group_texts", theirs)):
+            tps = [r["tokens_per_second"] for r in runs]
+            print(
+                f"{name:20s} best {max(tps):9.0f}  median {statistics.median(tps):9.0f} tokens/s   "
+                f"(best process wall {min(r['wall'] for r in runs):.1f} s)"
+            )
+        best = max(r["tokens_per_second"] for r in ours) / max(r["tokens_per_second"] for r in theirs)
+        median = statistics.median(r["tokens_per_second"] for r in ours) / statistics.median(
+            r["tokens_per_second"] for r in theirs
+        )
+        verdict = "PASS" if best >= 1.0 else "FAIL"
+        print(
+            f"ratio finetune.py / baseline: best-of {best:.3f}, median {median:.3f}  "
+            f"(target >= 1.0: {verdict})"
+        )
+
+
+if __name__ == "__main__":
+    main()
