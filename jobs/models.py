@@ -217,3 +217,55 @@ class LogLine(models.Model):
 
     def __str__(self) -> str:
         return self.text
+
+
+class PlaygroundStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Generating"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+PLAYGROUND_FINAL_STATES = frozenset({PlaygroundStatus.DONE, PlaygroundStatus.FAILED})
+
+
+class PlaygroundRun(models.Model):
+    """One prompt tried on a completed job: the tuned model's answer beside the base model's."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="playground_runs")
+    prompt = models.TextField()
+    max_new_tokens = models.PositiveIntegerField()
+    temperature = models.FloatField(help_text="0 means greedy decoding")
+    top_p = models.FloatField()
+
+    status = models.CharField(
+        max_length=10, choices=PlaygroundStatus.choices, default=PlaygroundStatus.QUEUED, db_index=True
+    )
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    tuned_output = models.TextField(blank=True)
+    base_output = models.TextField(blank=True)
+    base_label = models.CharField(max_length=300, blank=True, help_text="What the base answer came from")
+    notes = models.TextField(blank=True, help_text="Adjustments made to the request, e.g. a cut prompt")
+    error = models.TextField(blank=True)
+
+    # Timings, in seconds: loading (or finding in the worker's cache) both models, then each generation.
+    load_seconds = models.FloatField(null=True, blank=True)
+    tuned_seconds = models.FloatField(null=True, blank=True)
+    base_seconds = models.FloatField(null=True, blank=True)
+    tuned_tokens = models.PositiveIntegerField(null=True, blank=True)
+    base_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["job", "-created_at"])]
+
+    def __str__(self) -> str:
+        return self.prompt[:60]
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in PLAYGROUND_FINAL_STATES
