@@ -375,11 +375,20 @@ def test_metric_definitions_match_real_output(sagemaker_run):
 @pytest.mark.slow
 def test_prompt_completion_trains_on_completions(tmp_path):
     run, model_dir, out_dir = flag_run(
-        tmp_path, PC_ROWS, "--max_steps", "25", "--learning_rate", "3e-3", validation_rows=PC_ROWS[:10]
+        tmp_path,
+        PC_ROWS,
+        *("--max_steps", "25", "--learning_rate", "3e-3", "--gradient_accumulation_steps", "2"),
+        *("--save_steps", "10", "--checkpoint_dir", tmp_path / "ckpt"),
+        validation_rows=PC_ROWS[:10],
     )
     assert_completed(run)
     assert_loss_falls(run)
     assert len(run.of("eval")) >= 2
+    assert [(e["step"], e["path"]) for e in run.of("checkpoint")] == [
+        (10, str(tmp_path / "ckpt/checkpoint-10")),
+        (20, str(tmp_path / "ckpt/checkpoint-20")),
+    ]
+    assert (tmp_path / "ckpt/checkpoint-20/model.safetensors").exists()
     assert_outputs(model_dir, out_dir)
     samples = json.loads((out_dir / "samples.json").read_text())
     assert samples[0]["prompt"].startswith("Question:") and samples[0]["reference"].startswith(" item")
@@ -388,7 +397,10 @@ def test_prompt_completion_trains_on_completions(tmp_path):
 @pytest.mark.slow
 def test_chat_messages_without_packing(tmp_path):
     run, model_dir, out_dir = flag_run(
-        tmp_path, CHAT_ROWS, "--max_steps", "20", "--learning_rate", "3e-3", "--packing", "false"
+        tmp_path,
+        CHAT_ROWS,
+        *("--max_steps", "20", "--learning_rate", "3e-3", "--packing", "false"),
+        *("--gradient_checkpointing", "true"),
     )
     assert_completed(run)
     assert_loss_falls(run)
@@ -694,3 +706,17 @@ def test_progress_lines_are_ordered_json_and_never_nan():
     assert progress.parse_event("some library warning") is None
     assert progress.parse_event('{"event": "unknown"}') is None
     assert progress.match_metrics(line) == {}
+
+
+def test_shared_modules_need_only_the_standard_library():
+    code = (
+        "import sys\n"
+        "for name in ('torch', 'transformers', 'peft', 'tokenizers', 'huggingface_hub', 'numpy'):\n"
+        "    sys.modules[name] = None  # importing any of them now fails\n"
+        "from training_scripts import hyperparameters, progress\n"
+        "assert hyperparameters.validate_hyperparameters({})[1] == {}\n"
+        "print(progress.format_event('done', step=1))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == '{"event": "done", "step": 1}'
