@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from celery import shared_task
+from django.conf import settings
 
-from jobs import lifecycle, notifications
+from jobs import lifecycle, notifications, playground
 from jobs.backends import local
 
 
@@ -21,3 +22,17 @@ def reap_stale_jobs() -> None:
 @shared_task(ignore_result=True)
 def notify_job_finished(job_id: int) -> None:
     notifications.send_job_finished_email(job_id)
+
+
+@shared_task(
+    ignore_result=True,
+    soft_time_limit=settings.PLAYGROUND_TIME_LIMIT_SECONDS,
+    time_limit=settings.PLAYGROUND_TIME_LIMIT_SECONDS + 60,
+)
+def run_playground(run_id: int) -> None:
+    playground.run_generation(run_id)
+
+
+@shared_task(ignore_result=True)
+def fail_stale_playground_runs() -> None:
+    playground.fail_stale_runs()

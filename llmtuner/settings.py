@@ -317,9 +317,16 @@ CELERY_IMPORTS = ("llmtuner.health",)
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "worker-heartbeat": {"task": "llmtuner.health.worker_heartbeat", "schedule": 60.0},
     "reap-stale-jobs": {"task": "jobs.tasks.reap_stale_jobs", "schedule": 30.0},
+    "fail-stale-playground-runs": {"task": "jobs.tasks.fail_stale_playground_runs", "schedule": 60.0},
 }
 # A local job whose worker has not written a heartbeat for this long is failed.
 LOCAL_JOB_HEARTBEAT_TIMEOUT = env_int("LOCAL_JOB_HEARTBEAT_TIMEOUT", 60, 10)
+# Playground: each worker process keeps at most this many models loaded (least
+# recently used goes first), and keeps downloaded tuned models on disk here.
+PLAYGROUND_CACHE_MODELS = env_int("PLAYGROUND_CACHE_MODELS", 2, 1)
+PLAYGROUND_CACHE_DIR = Path(env_str("PLAYGROUND_CACHE_DIR", str(VAR_DIR / "model-cache")))
+# One generation (both models, loading included) is stopped after this long.
+PLAYGROUND_TIME_LIMIT_SECONDS = env_int("PLAYGROUND_TIME_LIMIT_SECONDS", 600, 30)
 
 # --- Security -----------------------------------------------------------------
 

@@ -1,0 +1,136 @@
+"""The playground pages: a prompt box for a completed job and its earlier runs, polled while they run."""
+
+from __future__ import annotations
+
+import math
+
+from django import forms
+from django.contrib.auth.decorators import login_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods
+
+from jobs import playground
+from jobs.models import PlaygroundRun, TrainingJob
+
+STOP_POLLING = 286  # htmx stops an `every 2s` trigger on this status
+RUNS_SHOWN = 50
+
+
+class PlaygroundForm(forms.Form):
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4, "placeholder": "Write a prompt…"}),
+        max_length=playground.MAX_PROMPT_CHARS,
+        strip=False,  # a trailing space changes what a completion model writes next
+        error_messages={
+            "required": "Write a prompt first.",
+            "max_length": f"The prompt can be at most {playground.MAX_PROMPT_CHARS:,} characters long.",
+        },
+    )
+    max_new_tokens = forms.IntegerField(
+        label="Max new tokens",
+        initial=64,
+        help_text=f"1 to {playground.MAX_NEW_TOKENS}",
+        widget=forms.NumberInput(attrs={"min": 1, "max": playground.MAX_NEW_TOKENS, "step": 1}),
+        error_messages={
+            "required": "Max new tokens is required.",
+            "invalid": "Max new tokens must be a whole number.",
+        },
+    )
+    temperature = forms.FloatField(
+        initial=0.7,
+        help_text=f"0 to {playground.MAX_TEMPERATURE:g}; 0 always picks the likeliest token",
+        widget=forms.NumberInput(attrs={"min": 0, "max": playground.MAX_TEMPERATURE, "step": 0.05}),
+        error_messages={"required": "Temperature is required.", "invalid": "Temperature must be a number."},
+    )
+    top_p = forms.FloatField(
+        label="Top-p",
+        initial=0.95,
+        help_text="Above 0, up to 1; ignored when the temperature is 0",
+        widget=forms.NumberInput(attrs={"min": 0.01, "max": 1, "step": 0.01}),
+        error_messages={"required": "Top-p is required.", "invalid": "Top-p must be a number."},
+    )
+
+    def clean_prompt(self) -> str:
+        prompt = self.cleaned_data["prompt"]
+        if not prompt.strip():
+            raise forms.ValidationError("Write a prompt first.")
+        return prompt.replace("\r\n", "\n")
+
+    def clean_max_new_tokens(self) -> int:
+        value = self.cleaned_data["max_new_tokens"]
+        if not 1 <= value <= playground.MAX_NEW_TOKENS:
+            raise forms.ValidationError(f"Max new tokens must be between 1 and {playground.MAX_NEW_TOKENS}.")
+        return value
+
+    def clean_temperature(self) -> float:
+        value = self.cleaned_data["temperature"]
+        if not (math.isfinite(value) and 0 <= value <= playground.MAX_TEMPERATURE):
+            raise forms.ValidationError(
+                f"Temperature must be between 0 and {playground.MAX_TEMPERATURE:g} (0 means greedy)."
+            )
+        return value
+
+    def clean_top_p(self) -> float:
+        value = self.cleaned_data["top_p"]
+        if not (math.isfinite(value) and 0 < value <= 1):
+            raise forms.ValidationError("Top-p must be above 0 and at most 1.")
+        return value
+
+
+def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
+    jobs = TrainingJob.objects.select_related("base_model", "dataset")
+    return get_object_or_404(jobs, pk=pk, owner=request.user)
+
+
+def _get_run_for_user(request: HttpRequest, pk: int, run_pk: int) -> PlaygroundRun:
+    runs = PlaygroundRun.objects.select_related("job")
+    return get_object_or_404(runs, pk=run_pk, job_id=pk, job__owner=request.user)
+
+
+def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
+    runs = list(job.playground_runs.all()[: RUNS_SHOWN + 1])
+    return {
+        "job": job,
+        "form": form,
+        "runs": runs[:RUNS_SHOWN],
+        "more_runs": len(runs) > RUNS_SHOWN,
+        "unavailable_reason": playground.unavailable_reason(job),
+        "scratch": playground.is_scratch(job),
+        "base_id": playground.base_model_id(job),
+        "chat": playground.is_chat(job),
+    }
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _get_job_for_user(request, pk)
+    if request.method == "GET":
+        return render(request, "jobs/playground.html", _context(job, PlaygroundForm()))
+    form = PlaygroundForm(request.POST)
+    if form.is_valid():
+        try:
+            playground.submit_prompt(job, **form.cleaned_data)
+        except playground.PlaygroundUnavailable as error:
+            form.add_error(None, str(error))
+        else:
+            if not request.htmx:
+                return redirect("jobs:playground", pk=job.pk)
+            # The same settings stay in the box, ready for the next try.
+            form = PlaygroundForm(initial=form.cleaned_data)
+            return render(request, "jobs/playground.html#playground", _context(job, form))
+    if request.htmx:  # htmx 2 swaps only 2xx responses
+        return render(request, "jobs/playground.html#playground", _context(job, form))
+    return render(request, "jobs/playground.html", _context(job, form), status=400)
+
+
+@login_required
+@require_GET
+def playground_run(request: HttpRequest, pk: int, run_pk: int) -> HttpResponse:
+    """One run's row, polled while it waits or generates; reads that row only."""
+    run = _get_run_for_user(request, pk, run_pk)
+    response = render(request, "jobs/playground.html#run", {"run": run})
+    if run.is_final and request.htmx:
+        response.status_code = STOP_POLLING
+    return response

@@ -1,0 +1,272 @@
+"""The playground pages: who may use them, what the form accepts, how a run is shown and polled."""
+
+from __future__ import annotations
+
+import pytest
+from django.utils import timezone
+
+from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
+from jobs.playground_views import PlaygroundForm
+from jobs.tests.conftest import make_job
+
+pytestmark = pytest.mark.django_db
+
+GOOD = {"prompt": "The quick brown", "max_new_tokens": "32", "temperature": "0.7", "top_p": "0.9"}
+HTMX = {"HTTP_HX_REQUEST": "true"}
+
+
+def complete(job: TrainingJob) -> TrainingJob:
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.COMPLETED, model_prefix=f"{job.storage_prefix()}/model", finished_at=timezone.now()
+    )
+    job.refresh_from_db()
+    return job
+
+
+@pytest.fixture
+def completed_job(owner):
+    return complete(make_job(owner))
+
+
+@pytest.fixture
+def finished_run(completed_job):
+    return PlaygroundRun.objects.create(
+        job=completed_job,
+        prompt="<script>alert(1)</script> The quick",
+        max_new_tokens=16,
+        temperature=0,
+        top_p=1,
+        status=PlaygroundStatus.DONE,
+        tuned_output="brown fox <b>jumps</b>",
+        base_output="zq <i>noise</i>",
+        base_label="Untrained baseline (same architecture, random weights, seed 0)",
+        tuned_seconds=0.5,
+        tuned_tokens=5,
+        base_seconds=0.4,
+        base_tokens=4,
+    )
+
+
+def urls(job_pk: int, run_pk: int) -> list[tuple[str, str]]:
+    return [
+        ("get", f"/jobs/{job_pk}/playground/"),
+        ("post", f"/jobs/{job_pk}/playground/"),
+        ("get", f"/jobs/{job_pk}/playground/{run_pk}/"),
+    ]
+
+
+# --- The form -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("prompt", "", "Write a prompt first."),
+        ("prompt", "   \n ", "Write a prompt first."),
+        ("prompt", "x" * 4001, "The prompt can be at most 4,000 characters long."),
+        ("max_new_tokens", "0", "Max new tokens must be between 1 and 512."),
+        ("max_new_tokens", "513", "Max new tokens must be between 1 and 512."),
+        ("max_new_tokens", "2.5", "Max new tokens must be a whole number."),
+        ("max_new_tokens", "", "Max new tokens is required."),
+        ("temperature", "-0.1", "Temperature must be between 0 and 2 (0 means greedy)."),
+        ("temperature", "2.01", "Temperature must be between 0 and 2 (0 means greedy)."),
+        ("temperature", "hot", "Temperature must be a number."),
+        ("temperature", "nan", "Temperature must be a number."),
+        ("top_p", "0", "Top-p must be above 0 and at most 1."),
+        ("top_p", "1.5", "Top-p must be above 0 and at most 1."),
+        ("top_p", "", "Top-p is required."),
+    ],
+)
+def test_the_form_refuses_bad_settings_naming_the_field(field, value, message):
+    form = PlaygroundForm({**GOOD, field: value})
+
+    assert not form.is_valid()
+    assert form.errors[field] == [message]
+
+
+def test_the_form_accepts_the_edges_and_keeps_the_prompt_as_written():
+    form = PlaygroundForm(
+        {"prompt": "Once upon a ", "max_new_tokens": "512", "temperature": "0", "top_p": "1"}
+    )
+
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data == {
+        "prompt": "Once upon a ",
+        "max_new_tokens": 512,
+        "temperature": 0.0,
+        "top_p": 1.0,
+    }
+    assert PlaygroundForm({**GOOD, "max_new_tokens": "1", "temperature": "2", "top_p": "0.01"}).is_valid()
+
+
+# --- Who may use it -----------------------------------------------------------------
+
+
+def test_anonymous_is_sent_to_log_in(client, finished_run):
+    for method, url in urls(finished_run.job_id, finished_run.pk):
+        response = getattr(client, method)(url, GOOD if method == "post" else None)
+
+        assert response.status_code == 302, url
+        assert response.url.startswith("/accounts/login/"), url
+    assert PlaygroundRun.objects.count() == 1
+
+
+def test_every_playground_url_is_404_for_an_outsider(outsider_client, finished_run):
+    for method, url in urls(finished_run.job_id, finished_run.pk):
+        response = getattr(outsider_client, method)(url, GOOD if method == "post" else None, **HTMX)
+
+        assert response.status_code == 404, url
+    assert PlaygroundRun.objects.count() == 1
+
+
+def test_a_run_is_404_under_another_job_even_of_the_same_owner(owner_client, owner, finished_run):
+    other = complete(make_job(owner, name="Other"))
+
+    response = owner_client.get(f"/jobs/{other.pk}/playground/{finished_run.pk}/")
+
+    assert response.status_code == 404
+
+
+def test_the_owner_sees_the_page_with_the_form(owner_client, completed_job):
+    response = owner_client.get(f"/jobs/{completed_job.pk}/playground/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert 'name="prompt"' in page
+    assert "untrained baseline" in page
+    assert "No prompts yet" in page
+
+
+@pytest.mark.parametrize(
+    "status", [JobStatus.QUEUED, JobStatus.TRAINING, JobStatus.FAILED, JobStatus.STOPPED]
+)
+def test_a_job_that_did_not_complete_has_no_playground(owner_client, owner, status):
+    job = make_job(owner)
+    TrainingJob.objects.filter(pk=job.pk).update(status=status)
+
+    page = owner_client.get(f"/jobs/{job.pk}/playground/")
+    post = owner_client.post(f"/jobs/{job.pk}/playground/", GOOD)
+
+    assert page.status_code == 200
+    assert "the playground opens once it has completed" in page.content.decode()
+    assert f'href="/jobs/{job.pk}/"' in page.content.decode()
+    assert 'name="prompt"' not in page.content.decode()
+    assert post.status_code == 400
+    assert "the playground opens once it has completed" in post.content.decode()
+    assert not PlaygroundRun.objects.exists()
+
+
+# --- Asking ---------------------------------------------------------------------------
+
+
+def test_a_prompt_is_saved_queued_and_its_task_sent_after_commit(
+    owner_client, completed_job, django_capture_on_commit_callbacks, monkeypatch
+):
+    from jobs import tasks
+
+    sent = []
+    monkeypatch.setattr(
+        tasks.run_playground, "apply_async", lambda args, task_id: sent.append((args, task_id))
+    )
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD)
+
+    assert response.status_code == 302
+    assert response.url == f"/jobs/{completed_job.pk}/playground/"
+    run = PlaygroundRun.objects.get()
+    assert run.job == completed_job
+    assert (run.prompt, run.max_new_tokens, run.temperature, run.top_p) == ("The quick brown", 32, 0.7, 0.9)
+    assert run.status == PlaygroundStatus.QUEUED
+    assert run.base_label.startswith("Untrained baseline")
+    assert sent == [((run.pk,), run.celery_task_id)]
+
+
+def test_an_htmx_prompt_answers_with_the_pending_row_that_polls(
+    owner_client, completed_job, django_capture_on_commit_callbacks
+):
+    response = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD, **HTMX)
+
+    assert response.status_code == 200
+    run = PlaygroundRun.objects.get()
+    fragment = response.content.decode()
+    assert fragment.lstrip().startswith('<div id="playground">')
+    assert f'hx-get="/jobs/{completed_job.pk}/playground/{run.pk}/"' in fragment
+    assert 'hx-trigger="every 2s"' in fragment
+    assert "Waiting for a worker" in fragment
+    assert "The quick brown</textarea>" in fragment  # the box keeps the prompt for the next try
+
+
+def test_bad_settings_come_back_with_the_message_and_nothing_saved(owner_client, completed_job):
+    page = owner_client.post(f"/jobs/{completed_job.pk}/playground/", {**GOOD, "top_p": "0"})
+    fragment = owner_client.post(
+        f"/jobs/{completed_job.pk}/playground/", {**GOOD, "temperature": "9"}, **HTMX
+    )
+
+    assert page.status_code == 400
+    assert "Top-p must be above 0 and at most 1." in page.content.decode()
+    assert fragment.status_code == 200
+    assert "Temperature must be between 0 and 2 (0 means greedy)." in fragment.content.decode()
+    assert not PlaygroundRun.objects.exists()
+
+
+# --- Showing runs ---------------------------------------------------------------------
+
+
+def test_earlier_runs_are_listed_newest_first_with_both_answers_escaped(owner_client, finished_run):
+    newer = PlaygroundRun.objects.create(
+        job=finished_run.job, prompt="A stitch in", max_new_tokens=8, temperature=0.5, top_p=0.9
+    )
+
+    page = owner_client.get(f"/jobs/{finished_run.job_id}/playground/").content.decode()
+
+    assert page.index(f'id="run-{newer.pk}"') < page.index(f'id="run-{finished_run.pk}"')
+    assert "&lt;script&gt;alert(1)&lt;/script&gt; The quick" in page
+    assert "brown fox &lt;b&gt;jumps&lt;/b&gt;" in page
+    assert "zq &lt;i&gt;noise&lt;/i&gt;" in page
+    assert "<script>alert(1)</script>" not in page
+    assert "Untrained baseline (same architecture, random weights, seed 0)" in page
+
+
+def test_the_run_partial_polls_while_pending_and_answers_286_when_done(owner_client, completed_job):
+    run = PlaygroundRun.objects.create(
+        job=completed_job, prompt="All that", max_new_tokens=8, temperature=0, top_p=1
+    )
+    url = f"/jobs/{completed_job.pk}/playground/{run.pk}/"
+
+    pending = owner_client.get(url, **HTMX)
+    PlaygroundRun.objects.filter(pk=run.pk).update(
+        status=PlaygroundStatus.DONE, tuned_output="glitters is not gold", base_output="qqq"
+    )
+    done = owner_client.get(url, **HTMX)
+
+    assert pending.status_code == 200
+    assert 'hx-trigger="every 2s"' in pending.content.decode()
+    assert done.status_code == 286
+    assert "hx-trigger" not in done.content.decode()
+    assert "glitters is not gold" in done.content.decode()
+    assert owner_client.get(url).status_code == 200  # a plain GET is a normal page fragment
+
+
+def test_a_failed_run_shows_its_reason_and_stops_polling(owner_client, completed_job):
+    run = PlaygroundRun.objects.create(
+        job=completed_job,
+        prompt="Hi",
+        max_new_tokens=8,
+        temperature=0,
+        top_p=1,
+        status=PlaygroundStatus.FAILED,
+        error="Could not load the base model 'gpt2': no network.",
+    )
+
+    response = owner_client.get(f"/jobs/{completed_job.pk}/playground/{run.pk}/", **HTMX)
+
+    assert response.status_code == 286
+    assert "Could not load the base model &#x27;gpt2&#x27;: no network." in response.content.decode()
+
+
+def test_the_run_partial_makes_a_fixed_number_of_queries(
+    owner_client, finished_run, django_assert_num_queries
+):
+    # session + user, then the run with its job
+    with django_assert_num_queries(3):
+        owner_client.get(f"/jobs/{finished_run.job_id}/playground/{finished_run.pk}/", **HTMX)
