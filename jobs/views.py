@@ -1,10 +1,52 @@
+"""The jobs pages: list, new job (with a live estimate), job page and its polled partials, actions.
+
+Polled partials read the database only and answer HTTP 286 once there is
+nothing more to come, so htmx (and the chart script) stop asking.
+"""
+
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404, render
+from datetime import datetime
+from decimal import Decimal
 
-from jobs.models import TrainingJob
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.urls import reverse
+from django.utils import timezone
+from django.utils.text import slugify
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django_htmx.http import HttpResponseClientRedirect
+
+from accounts.models import get_profile
+from datasets_app import storage
+from jobs import actions, lifecycle
+from jobs.estimate import format_duration
+from jobs.forms import (
+    PRESET_TRIGGERS,
+    CursorForm,
+    JobFilterForm,
+    NewJobForm,
+    NewJobQuery,
+    initial_for_new_job,
+    initial_from_job,
+    ready_datasets,
+)
+from jobs.models import FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from training_scripts.hyperparameters import HYPERPARAMETERS, validate_hyperparameters
+
+STOP_POLLING = 286  # htmx stops an `every 2s` trigger on this status
+LIST_PAGE_SIZE = 50
+LOG_LINES_ON_PAGE = 200
+LOG_LINES_PER_TICK = 500
+POINTS_PER_TICK = 5000
+# A running local job whose heartbeat is older than this is shown as silent.
+SILENT_AFTER_SECONDS = 15
+# A queued job nobody picked up for this long gets a hint about the worker.
+UNCLAIMED_AFTER_SECONDS = 30
 
 
 def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
@@ -12,7 +54,353 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
     return get_object_or_404(jobs, pk=pk, owner=request.user)
 
 
+# --- Figures shown for a job -------------------------------------------------------------------
+
+
+def _elapsed_seconds(job: TrainingJob, now: datetime) -> float | None:
+    if not job.started_at:
+        return None
+    return ((job.finished_at or now) - job.started_at).total_seconds()
+
+
+def _cost_display(job: TrainingJob, now: datetime) -> str:
+    if job.backend == Backend.LOCAL:
+        return "free"
+    cost = job.cost_usd or Decimal(0)
+    if not job.is_final and job.instance_type and job.training_started_at:
+        # Between two runs of the cost poller, the cost so far is worked out from the clock.
+        try:
+            from jobs.pricing import running_cost
+        except ImportError:
+            pass
+        else:
+            so_far = running_cost(job.instance_type, job.instance_count, job.training_started_at, now)
+            cost = max(cost, so_far)
+    return f"${cost:.2f}"
+
+
+def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
+    """Attach what the templates show (durations, cost, warnings), all from the row itself."""
+    job.elapsed_seconds = _elapsed_seconds(job, now)
+    job.elapsed_display = format_duration(job.elapsed_seconds)
+    job.eta_display = format_duration(job.eta_seconds) if job.eta_seconds is not None else ""
+    job.cost_display = _cost_display(job, now)
+    job.estimated_display = format_duration(job.estimated_seconds)
+    job.warning = ""
+    if job.status == JobStatus.QUEUED:
+        waited = (now - job.created_at).total_seconds()
+        if waited > UNCLAIMED_AFTER_SECONDS and job.backend == Backend.LOCAL:
+            job.warning = (
+                f"No worker has picked it up for {format_duration(waited)}: check that a Celery worker "
+                "serves the “training” queue (make run starts one)."
+            )
+    elif job.status not in FINAL_STATES and job.backend == Backend.LOCAL and job.heartbeat_at:
+        silent = (now - job.heartbeat_at).total_seconds()
+        if silent > SILENT_AFTER_SECONDS:
+            job.warning = (
+                f"No word from the worker for {format_duration(silent)}; if it stays silent the job will be "
+                "marked failed, and you can retry it."
+            )
+    return job
+
+
+def _progress_context(job: TrainingJob) -> dict:
+    return {"job": _annotate(job, timezone.now())}
+
+
+# --- List ----------------------------------------------------------------------------------------
+
+
 @login_required
+@require_GET
+def job_list(request: HttpRequest) -> HttpResponse:
+    form = JobFilterForm(request.GET)
+    jobs = form.filter(
+        TrainingJob.objects.filter(owner=request.user)
+        .select_related("base_model", "dataset", "instance_type")
+        .defer(
+            "hyperparameters",
+            "metrics",
+            "sagemaker_log_state",
+            "dataset__stats",
+            "dataset__preview",
+            "dataset__sample_index",
+        )
+    )
+    page = Paginator(jobs, LIST_PAGE_SIZE).get_page(form.page_number)
+    now = timezone.now()
+    rows = [_annotate(job, now) for job in page.object_list]
+    polling = any(job.status not in FINAL_STATES for job in rows)
+    context = {
+        "form": form,
+        "page": page,
+        "rows": rows,
+        "polling": polling,
+        "poll_url": request.get_full_path(),
+    }
+    if request.htmx:
+        response = render(request, "jobs/list.html#rows", context)
+        if not polling:
+            response.status_code = STOP_POLLING
+        return response
+    has_datasets = ready_datasets(request.user).exists()
+    return render(request, "jobs/list.html", {**context, "has_datasets": has_datasets})
+
+
+# --- New job -------------------------------------------------------------------------------------
+
+
+def _new_job_page(request: HttpRequest, form: NewJobForm, status: int = 200, source=None) -> HttpResponse:
+    context = {
+        "form": form,
+        "estimate": form.estimate if form.is_bound else None,
+        "has_datasets": ready_datasets(request.user).exists(),
+        "source": source,
+        "notify": get_profile(request.user).email_notifications,
+    }
+    if not form.is_bound:
+        context.update(_unbound_estimate(form))
+    return render(request, "jobs/new.html", context, status=status)
+
+
+def _unbound_estimate(form: NewJobForm) -> dict:
+    """Show the estimate of the starting values straight away."""
+    data = {}
+    for name in form.fields:
+        value = form[name].value()
+        if value is None or value is False:
+            continue
+        data[name] = "on" if value is True else getattr(value, "pk", value)
+    probe = NewJobForm(form.user, data)
+    probe.is_valid()
+    return {"estimate": probe.estimate, "estimate_form": probe}
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def new_job(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        form = NewJobForm(request.user, request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            job = actions.launch_job(
+                request.user,
+                estimate=form.estimate,
+                name=form.job_name(),
+                dataset=data["dataset"],
+                base_model=data["base_model"],
+                backend=data["backend"],
+                method=data["hyperparameters"]["method"],
+                hyperparameters=data["hyperparameters"],
+                instance_type=data["instance_type"],
+            )
+            messages.success(request, f"“{job.name}” is queued.")
+            return redirect(job)
+        return _new_job_page(request, form, status=400)
+    query = NewJobQuery(request.user, request.GET)
+    if request.GET.get("apply_preset"):
+        # The no-JavaScript way to apply a preset: the form comes back with the preset's values.
+        form = NewJobForm.refilled(request.user, request.GET)
+        form.is_valid()
+        return _new_job_page(request, form)
+    form = NewJobForm(request.user, initial=initial_for_new_job(request.user, query))
+    return _new_job_page(request, form)
+
+
+@login_required
+@require_GET
+def estimate(request: HttpRequest) -> HttpResponse:
+    """The live estimate of the new-job form: steps, tokens, time, cost and what is wrong, as fields change.
+
+    After a change of preset, dataset or model the hyperparameter fields come back too
+    (out of band), filled in with the preset's values.
+    """
+    trigger = request.htmx.trigger_name if request.htmx else request.GET.get("trigger")
+    refill = trigger in PRESET_TRIGGERS
+    form = NewJobForm.refilled(request.user, request.GET) if refill else NewJobForm(request.user, request.GET)
+    form.is_valid()
+    context = {"form": form, "estimate": form.estimate, "estimate_form": form, "oob": True}
+    html = render_to_string("jobs/new.html#estimate", context, request=request)
+    if refill:
+        html += render_to_string("jobs/new.html#hyperparameters", context, request=request)
+    return HttpResponse(html)
+
+
+@login_required
+@require_GET
+def clone(request: HttpRequest, pk: int) -> HttpResponse:
+    """A new-job form with this job's settings."""
+    source = _get_job_for_user(request, pk)
+    form = NewJobForm(request.user, initial=initial_from_job(source, request.user))
+    if source.dataset_id and form.initial["dataset"] is None:
+        messages.warning(request, "Its dataset is no longer ready: choose another one.")
+    return _new_job_page(request, form, source=source)
+
+
+# --- Job page and its polled parts ---------------------------------------------------------------
+
+
+@login_required
+@require_GET
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
-    return render(request, "jobs/detail.html", {"job": job})
+    lines = list(
+        LogLine.objects.filter(job=job).order_by("-seq").values_list("seq", "text")[:LOG_LINES_ON_PAGE]
+    )[::-1]
+    # As finetune.py will read them: what the job leaves out takes the default.
+    used, errors = validate_hyperparameters(job.hyperparameters)
+    values = job.hyperparameters if errors else used
+    hyperparameters = [
+        (name, values[name], HYPERPARAMETERS[name].help if name in HYPERPARAMETERS else "")
+        for name in (*HYPERPARAMETERS, *sorted(set(values) - set(HYPERPARAMETERS)))
+        if name in values
+    ]
+    context = {
+        **_progress_context(job),
+        "lines": lines,
+        "log_after": lines[-1][0] if lines else 0,
+        "log_polling": not job.is_final,
+        "log_trimmed": bool(lines) and lines[0][0] > 1,
+        "hyperparameters": hyperparameters,
+        "notify": get_profile(request.user).email_notifications,
+    }
+    return render(request, "jobs/detail.html", context)
+
+
+@login_required
+@require_GET
+def progress(request: HttpRequest, pk: int) -> HttpResponse:
+    """The polled state of one job: one query for the job, whatever its size; 286 once it is final."""
+    job = _get_job_for_user(request, pk)
+    response = render(request, "jobs/detail.html#progress", _progress_context(job))
+    if job.is_final:
+        response.status_code = STOP_POLLING
+    return response
+
+
+@login_required
+@require_GET
+def metrics(request: HttpRequest, pk: int) -> JsonResponse:
+    """Loss points after the `after` id cursor, as [id, step, loss, eval_loss]; 286 once all are sent."""
+    job = _get_job_for_user(request, pk)  # the state is read first: points are written before a job ends
+    after = CursorForm(request.GET).cursor
+    points = list(
+        MetricPoint.objects.filter(job=job, id__gt=after)
+        .order_by("id")
+        .values_list("id", "step", "loss", "eval_loss")[:POINTS_PER_TICK]
+    )
+    done = job.is_final and len(points) < POINTS_PER_TICK
+    payload = {
+        "points": [list(point) for point in points],
+        "after": points[-1][0] if points else after,
+        "final": done,
+        "total_steps": job.total_steps,
+    }
+    return JsonResponse(payload, status=STOP_POLLING if done else 200)
+
+
+@login_required
+@require_GET
+def logs(request: HttpRequest, pk: int) -> HttpResponse:
+    """Log lines after the `after` sequence number, appended out of band; 286 once all are sent."""
+    job = _get_job_for_user(request, pk)
+    after = CursorForm(request.GET).cursor
+    lines = list(
+        LogLine.objects.filter(job=job, seq__gt=after)
+        .order_by("seq")
+        .values_list("seq", "text")[:LOG_LINES_PER_TICK]
+    )
+    done = job.is_final and len(lines) < LOG_LINES_PER_TICK
+    context = {
+        "job": job,
+        "lines": lines,
+        "log_after": lines[-1][0] if lines else after,
+        "log_polling": not done,
+        "log_gap": bool(lines) and lines[0][0] > after + 1 and after > 0,
+    }
+    html = render_to_string("jobs/detail.html#log-poller", context, request=request)
+    if lines:
+        html += render_to_string("jobs/detail.html#log-append", context, request=request)
+    return HttpResponse(html, status=STOP_POLLING if done else 200)
+
+
+# --- Actions -------------------------------------------------------------------------------------
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def stop(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: a confirmation page (works without JavaScript). POST: stop the job."""
+    job = _get_job_for_user(request, pk)
+    if request.method == "GET":
+        if job.is_final:
+            messages.info(request, f"“{job.name}” has already ended.")
+            return redirect(job)
+        return render(request, "jobs/stop.html", {"job": job})
+    stopped = lifecycle.request_stop(job)
+    if request.htmx:
+        # The progress card comes back in its new state (stopping, or stopped if it was queued).
+        job = _get_job_for_user(request, pk)
+        response = render(request, "jobs/detail.html#progress", _progress_context(job))
+        if job.is_final:
+            response.status_code = STOP_POLLING
+        return response
+    if stopped:
+        messages.success(request, f"Stopping “{job.name}”.")
+    elif not job.is_final:
+        messages.info(request, f"“{job.name}” is already stopping.")
+    return redirect(job)
+
+
+@login_required
+@require_POST
+def retry(request: HttpRequest, pk: int) -> HttpResponse:
+    job = _get_job_for_user(request, pk)
+    try:
+        new = actions.retry_job(job)
+    except actions.ActionError as error:
+        messages.error(request, str(error))
+        return redirect(job)
+    messages.success(request, f"Attempt {new.attempt} of “{new.name}” is queued.")
+    return HttpResponseClientRedirect(new.get_absolute_url()) if request.htmx else redirect(new)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def delete(request: HttpRequest, pk: int) -> HttpResponse:
+    """GET: a confirmation page. POST: remove a final job with its stored model and log."""
+    job = _get_job_for_user(request, pk)
+    if request.method == "GET":
+        return render(request, "jobs/delete.html", {"job": job})
+    try:
+        actions.delete_job(job)
+    except actions.ActionError as error:
+        messages.error(request, str(error))
+        return redirect(job)
+    messages.success(request, f"“{job.name}” and its files are deleted.")
+    url = reverse("jobs:list")
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
+@login_required
+@require_GET
+def download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    """The tuned model's Hugging Face folder as a zip, streamed from storage as it is read."""
+    job = _get_job_for_user(request, pk)
+    files = actions.model_files(job)
+    if not files:
+        raise Http404("This job has no tuned model to download.")
+    folder = slugify(job.name) or f"job-{job.pk}"
+    response = StreamingHttpResponse(actions.iter_zip(files, folder), content_type="application/zip")
+    response["Content-Disposition"] = f'attachment; filename="{folder}.zip"'
+    return response
+
+
+@login_required
+@require_GET
+def log_download(request: HttpRequest, pk: int) -> HttpResponse:
+    """The whole log of a finished job (the page keeps only its last lines)."""
+    job = _get_job_for_user(request, pk)
+    if not job.log_key or not storage.exists(job.log_key):
+        raise Http404("The full log is kept once the job has ended.")
+    return storage.download_response(job.log_key, f"{slugify(job.name) or 'job'}-{job.pk}.log")

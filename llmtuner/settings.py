@@ -288,6 +288,12 @@ CELERY_TASK_ALWAYS_EAGER = env_bool("CELERY_TASK_ALWAYS_EAGER", False)
 # The longest training job we let run; the broker must not redeliver a task
 # that is still legitimately running.
 MAX_JOB_RUNTIME_SECONDS = env_int("MAX_JOB_RUNTIME_SECONDS", 48 * 3600, 60)
+# What finetune.py reaches on this machine's training worker, in TFLOP/s (6 × parameters ×
+# tokens/s), for the time estimate of local jobs; the default was measured on the development
+# machine with a scratch model (see jobs/estimate.py). Measure yours the same way.
+LOCAL_TRAINING_TFLOPS = float(env_decimal_str("LOCAL_TRAINING_TFLOPS", "0.03"))
+if LOCAL_TRAINING_TFLOPS <= 0:
+    raise ImproperlyConfigured("LOCAL_TRAINING_TFLOPS must be a positive number")
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_folder = VAR_DIR / "celery-broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {

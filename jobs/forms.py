@@ -1,0 +1,363 @@
+"""Forms of the jobs pages: every input, GET parameters of partials included, goes through one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django import forms
+from django.contrib.humanize.templatetags.humanize import intcomma
+from django.db.models import Q, QuerySet
+
+from datasets_app.models import Dataset
+from jobs import presets
+from jobs.estimate import Estimate, estimate_job
+from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from training_scripts.hyperparameters import DEFAULTS, HYPERPARAMETERS, Param, validate_hyperparameters
+
+logger = logging.getLogger(__name__)
+
+# Shown first; the rest are folded away under "Advanced".
+BASIC_HYPERPARAMETERS = ("method", "epochs", "max_steps", "learning_rate", "batch_size", "max_seq_length")
+HYPERPARAMETER_FIELDS = tuple(name for name in HYPERPARAMETERS if name != "base_model")
+ADVANCED_HYPERPARAMETERS = tuple(name for name in HYPERPARAMETER_FIELDS if name not in BASIC_HYPERPARAMETERS)
+SAGEMAKER_NOT_CONFIGURED = (
+    "not configured: set SAGEMAKER_ROLE_ARN (an IAM role SageMaker may assume), AWS credentials and "
+    "AWS_STORAGE_BUCKET_NAME to train in the cloud"
+)
+# Triggers after which the form fills in the preset's values again.
+PRESET_TRIGGERS = frozenset({"preset", "dataset", "base_model"})
+
+
+def sagemaker_availability() -> tuple[bool, str]:
+    """(available, reason when not). The SageMaker backend says; without it, it is not available."""
+    try:
+        from jobs.backends import sagemaker
+    except ImportError:
+        return False, SAGEMAKER_NOT_CONFIGURED
+    except Exception:  # a broken optional backend must not take the form down
+        logger.exception("the SageMaker backend could not be imported")
+        return False, "unavailable: the SageMaker backend failed to load (see the server log)"
+    is_configured = getattr(sagemaker, "is_configured", None)
+    if is_configured is None:
+        return False, SAGEMAKER_NOT_CONFIGURED
+    result = is_configured()
+    if isinstance(result, tuple):
+        available, reason = bool(result[0]), str(result[1] or "")
+        return available, reason or ("" if available else SAGEMAKER_NOT_CONFIGURED)
+    return bool(result), "" if result else SAGEMAKER_NOT_CONFIGURED
+
+
+def ready_datasets(user) -> QuerySet[Dataset]:
+    return (
+        Dataset.objects.filter(owner=user, status=Dataset.Status.READY)
+        .exclude(train_file="")
+        .defer("preview", "sample_index")
+    )
+
+
+class DatasetChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: Dataset) -> str:
+        return f"{obj.name} · {intcomma(obj.samples)} samples · {intcomma(obj.tokens)} tokens"
+
+
+class BaseModelChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: BaseModel) -> str:
+        gated = " · gated" if obj.gated else ""
+        return (
+            f"{obj.name} · {obj.parameters_display} parameters · {intcomma(obj.context_length)} tokens"
+            f" · {obj.licence}{gated}"
+        )
+
+
+class InstanceTypeChoiceField(forms.ModelChoiceField):
+    def label_from_instance(self, obj: InstanceType) -> str:
+        hardware = f"{obj.gpu_count} × {obj.gpu_type}" if obj.gpu_count else f"{obj.vcpus} vCPU, no GPU"
+        return f"{obj.name} · {hardware} · ${obj.price_per_hour_usd}/h"
+
+
+class BackendSelect(forms.RadioSelect):
+    """Radio buttons where an unavailable backend is shown, disabled, with the reason."""
+
+    def __init__(self, *args, unavailable: dict[str, str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.unavailable = unavailable or {}
+
+    def create_option(self, name, value, label, selected, index, subindex=None, attrs=None):
+        option = super().create_option(name, value, label, selected, index, subindex, attrs)
+        reason = self.unavailable.get(str(value))
+        if reason:
+            option["attrs"]["disabled"] = True
+            option["label"] = f"{label} ({reason})"
+        return option
+
+
+class SpecChoiceField(forms.ChoiceField):
+    """Choices to pick from, judged by validate_hyperparameters like every other value."""
+
+    def valid_value(self, value) -> bool:
+        return True
+
+
+def hyperparameter_field(param: Param) -> forms.Field:
+    """A form field for one spec entry. Numbers and text stay text: validate_hyperparameters judges them."""
+    help_text = param.help
+    if param.type in ("int", "float"):
+        help_text = f"{param.help} ({param.describe_range()}.)"
+    if param.type == "choice":
+        widget = forms.RadioSelect if param.name == "method" else forms.Select
+        labels = {"full": "Full fine-tuning", "lora": "LoRA adapters"}
+        choices = [(choice, labels.get(choice, choice)) for choice in param.choices or ()]
+        return SpecChoiceField(
+            label=param.name, choices=choices, required=False, help_text=help_text, widget=widget
+        )
+    if param.type == "bool":
+        return forms.BooleanField(label=param.name, required=False, help_text=help_text)
+    mode = {"int": "numeric", "float": "decimal"}.get(param.type, "text")
+    attrs = {"inputmode": mode, "autocomplete": "off", "spellcheck": "false"}
+    if param.name == "learning_rate":
+        attrs["placeholder"] = "automatic"
+    return forms.CharField(
+        label=param.name, required=False, strip=True, help_text=help_text, widget=forms.TextInput(attrs=attrs)
+    )
+
+
+def as_form_value(param: Param, value: Any) -> Any:
+    """A typed hyperparameter as the form shows it."""
+    if value is None:
+        return ""
+    if param.type == "bool":
+        return bool(value)
+    if param.type == "float":
+        return f"{float(value):g}"
+    return str(value)
+
+
+class NewJobForm(forms.Form):
+    name = forms.CharField(
+        max_length=200, required=False, help_text="Leave empty to name it after the dataset and the model."
+    )
+    dataset = DatasetChoiceField(queryset=Dataset.objects.none(), empty_label=None)
+    base_model = BaseModelChoiceField(
+        queryset=BaseModel.objects.filter(is_active=True), empty_label=None, label="Base model"
+    )
+    backend = forms.ChoiceField(choices=Backend.choices, initial=Backend.LOCAL, label="Where to train")
+    instance_type = InstanceTypeChoiceField(
+        queryset=InstanceType.objects.filter(is_active=True),
+        required=False,
+        label="Instance type",
+        help_text="Only for SageMaker.",
+    )
+    preset = forms.ChoiceField(
+        choices=presets.PRESET_CHOICES, initial=presets.AUTOMATIC, required=False, widget=forms.RadioSelect
+    )
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.user = user
+        self.fields["dataset"].queryset = ready_datasets(user)
+        self.sagemaker_available, self.sagemaker_reason = sagemaker_availability()
+        unavailable = {} if self.sagemaker_available else {Backend.SAGEMAKER: self.sagemaker_reason}
+        self.fields["backend"].widget = BackendSelect(choices=Backend.choices, unavailable=unavailable)
+        for name in HYPERPARAMETER_FIELDS:
+            self.fields[name] = hyperparameter_field(HYPERPARAMETERS[name])
+        self.estimate: Estimate | None = None
+
+    # --- what the template reads ---
+
+    def basic_fields(self):
+        return [self[name] for name in BASIC_HYPERPARAMETERS if name != "method"]
+
+    def advanced_fields(self):
+        return [self[name] for name in ADVANCED_HYPERPARAMETERS]
+
+    @property
+    def advanced_has_errors(self) -> bool:
+        return self.is_bound and any(self[name].errors for name in ADVANCED_HYPERPARAMETERS)
+
+    @property
+    def selected_model(self) -> BaseModel | None:
+        return self.selected("base_model")
+
+    def named_errors(self) -> list[tuple[str, str]]:
+        """Every error with the field it is about named in the message."""
+        named = []
+        for name, errors in self.errors.items():
+            label = self.fields[name].label or name if name in self.fields else ""
+            for message in errors:
+                if label and not message.startswith(name):
+                    message = f"{str(label).capitalize()}: {message}"
+                named.append((name, message))
+        return named
+
+    def selected(self, name: str):
+        """The chosen object of a choice field, bound or not (None when there is none)."""
+        field = self.fields[name]
+        raw = self[name].value()
+        if raw in (None, ""):
+            return None
+        try:
+            return field.clean(raw) if isinstance(field, forms.ModelChoiceField) else raw
+        except forms.ValidationError:
+            return None
+
+    # --- validation ---
+
+    def clean_backend(self) -> str:
+        backend = self.cleaned_data["backend"]
+        if backend == Backend.SAGEMAKER and not self.sagemaker_available:
+            raise forms.ValidationError(f"SageMaker is {self.sagemaker_reason}.")
+        return backend
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        base_model = data.get("base_model")
+        values = {name: data.get(name) for name in HYPERPARAMETER_FIELDS}
+        values["base_model"] = base_model.hub_id if base_model else DEFAULTS["base_model"]
+        clean, errors = validate_hyperparameters(values)
+        for name, message in errors.items():
+            self.add_error(name if name in self.fields else None, f"{name} {message}")
+        data["hyperparameters"] = clean
+        if data.get("backend") == Backend.SAGEMAKER:
+            if not data.get("instance_type"):
+                self.add_error("instance_type", "Choose an instance type to train on SageMaker.")
+        else:
+            data["instance_type"] = None
+        dataset = data.get("dataset")
+        if not errors and dataset is not None and base_model is not None and "backend" in data:
+            self.estimate = estimate_for(
+                dataset, base_model, clean, data["backend"], data.get("instance_type")
+            )
+        return data
+
+    def job_name(self) -> str:
+        name = self.cleaned_data.get("name") or ""
+        if name:
+            return name
+        return f"{self.cleaned_data['dataset'].name} · {self.cleaned_data['base_model'].name}"[:200]
+
+    # --- presets ---
+
+    @classmethod
+    def refilled(cls, user, data) -> NewJobForm:
+        """The same form with its hyperparameters set to what the chosen preset gives."""
+        probe = cls(user, data)
+        preset = probe.selected("preset") or presets.AUTOMATIC
+        if preset == presets.CUSTOM:
+            return probe
+        values = presets.preset_values(
+            preset, base_model=probe.selected("base_model"), dataset=probe.selected("dataset")
+        )
+        data = data.copy()
+        for name in HYPERPARAMETER_FIELDS:
+            value = as_form_value(HYPERPARAMETERS[name], values.get(name))
+            if value is False:
+                data.pop(name, None)
+            else:
+                data[name] = "on" if value is True else value
+        return cls(user, data)
+
+
+def estimate_for(dataset, base_model, hyperparameters, backend, instance_type=None) -> Estimate:
+    stats = dataset.stats or {}
+    return estimate_job(
+        tokens=int(stats.get("train_tokens") or dataset.tokens),
+        samples=int(stats.get("train_samples") or dataset.samples),
+        base_model=base_model,
+        hyperparameters=hyperparameters,
+        backend=backend,
+        instance_type=instance_type,
+    )
+
+
+def initial_for_new_job(user, query: NewJobQuery) -> dict[str, Any]:
+    """The new-job form's starting values: a preset's for the chosen dataset and model.
+
+    A parameter that is not valid (someone else's dataset, an unknown model) is left out.
+    """
+    query.is_valid()
+    data = query.cleaned_data
+    dataset = data.get("dataset") or ready_datasets(user).first()
+    base_model = data.get("base_model") or BaseModel.objects.filter(is_active=True).first()
+    preset = data.get("preset") or presets.AUTOMATIC
+    values = presets.preset_values(
+        preset if preset != presets.CUSTOM else presets.AUTOMATIC, base_model=base_model, dataset=dataset
+    )
+    initial: dict[str, Any] = {
+        "dataset": dataset,
+        "base_model": base_model,
+        "backend": data.get("backend") or Backend.LOCAL,
+        "instance_type": data.get("instance_type"),
+        "preset": preset,
+    }
+    for name in HYPERPARAMETER_FIELDS:
+        initial[name] = as_form_value(HYPERPARAMETERS[name], values.get(name))
+    return initial
+
+
+def initial_from_job(job: TrainingJob, user) -> dict[str, Any]:
+    dataset = (
+        job.dataset if job.dataset_id and ready_datasets(user).filter(pk=job.dataset_id).exists() else None
+    )
+    initial: dict[str, Any] = {
+        "name": f"{job.name} (copy)"[:200],
+        "dataset": dataset,
+        "base_model": job.base_model,
+        "backend": job.backend,
+        "instance_type": job.instance_type,
+        "preset": presets.CUSTOM,
+    }
+    for name in HYPERPARAMETER_FIELDS:
+        param = HYPERPARAMETERS[name]
+        initial[name] = as_form_value(param, job.hyperparameters.get(name, param.default))
+    return initial
+
+
+class NewJobQuery(forms.Form):
+    """The GET parameters of /jobs/new/: ?dataset=, ?base_model=, ?backend=, ?instance_type=, ?preset=."""
+
+    dataset = forms.ModelChoiceField(queryset=Dataset.objects.none(), required=False)
+    base_model = forms.ModelChoiceField(queryset=BaseModel.objects.filter(is_active=True), required=False)
+    backend = forms.ChoiceField(choices=Backend.choices, required=False)
+    instance_type = forms.ModelChoiceField(
+        queryset=InstanceType.objects.filter(is_active=True), required=False
+    )
+    preset = forms.ChoiceField(choices=presets.PRESET_CHOICES, required=False)
+
+    def __init__(self, user, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["dataset"].queryset = ready_datasets(user)
+
+
+ACTIVE_FILTER = "active"
+
+
+class JobFilterForm(forms.Form):
+    """?status= on the jobs list: one state, or every job still running."""
+
+    status = forms.ChoiceField(
+        choices=[("", "All jobs"), (ACTIVE_FILTER, "Queued or running"), *JobStatus.choices], required=False
+    )
+    page = forms.IntegerField(min_value=1, required=False)
+
+    def filter(self, jobs: QuerySet[TrainingJob]) -> QuerySet[TrainingJob]:
+        status = self.cleaned_data.get("status") if self.is_valid() else ""
+        if status == ACTIVE_FILTER:
+            return jobs.exclude(status__in=FINAL_STATES)
+        if status:
+            return jobs.filter(Q(status=status))
+        return jobs
+
+    @property
+    def page_number(self) -> int:
+        return (self.cleaned_data.get("page") if self.is_valid() else None) or 1
+
+
+class CursorForm(forms.Form):
+    """?after= of the chart and log endpoints: only what came after it is sent."""
+
+    after = forms.IntegerField(min_value=0, required=False)
+
+    @property
+    def cursor(self) -> int:
+        return (self.cleaned_data.get("after") if self.is_valid() else None) or 0
