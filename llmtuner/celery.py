@@ -12,7 +12,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 
-@app.on_configure.connect
+@app.on_after_configure.connect
 def _make_broker_folders(sender, **kwargs) -> None:
     # The server-less filesystem broker of the embedded default needs its folders.
     for key in ("data_folder_in", "data_folder_out", "control_folder"):
