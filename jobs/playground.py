@@ -27,6 +27,7 @@ from urllib.parse import urlparse
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.core.files.storage import storages
 from django.db import transaction
 from django.utils import timezone
 
@@ -330,9 +331,12 @@ def _copy_stored_folder(prefix: str, destination: Path) -> None:
         raise ModelArtifactsError(
             f"The tuned model's files are missing from storage (nothing under {prefix})."
         )
-    for key in keys:
-        start = key.find(prefix)
-        relative = key[start + len(prefix) :] if start >= 0 else ""
+    # S3 lists whole object keys, with the storage's location in front; we open by our own keys.
+    location = (getattr(storages["default"], "location", "") or "").strip("/") if storage.is_s3() else ""
+    location = f"{location}/" if location else ""
+    for listed in keys:
+        key = listed[len(location) :] if location and listed.startswith(location) else listed
+        relative = key[len(prefix) :] if key.startswith(prefix) else ""
         target = _safe_target(destination, relative)
         target.parent.mkdir(parents=True, exist_ok=True)
         with storage.open_stream(key) as source, open(target, "wb") as out:

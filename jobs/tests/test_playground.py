@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 from moto import mock_aws
 
@@ -192,6 +193,31 @@ def s3(monkeypatch):
 
 
 @pytest.mark.django_db
+def test_a_local_jobs_model_comes_from_s3_when_that_is_the_default_storage(owner, s3, settings, tmp_path):
+    s3.create_bucket(Bucket="llmtuner-files")
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "default": {
+            "BACKEND": "storages.backends.s3.S3Storage",
+            "OPTIONS": {"bucket_name": "llmtuner-files", "region_name": "us-east-1", "location": "media"},
+        },
+    }
+    assert storage.is_s3()
+    job = completed(make_job(owner))
+    storage.save(f"{job.model_prefix}/config.json", io.BytesIO(b'{"model_type": "gpt2"}'))
+    storage.save(f"{job.model_prefix}/tokenizer/vocab.json", io.BytesIO(b"{}"))
+
+    folder = playground.fetch_model_artifacts(job, tmp_path / "fetched")
+
+    assert (folder / "config.json").read_bytes() == b'{"model_type": "gpt2"}'
+    assert (folder / "tokenizer" / "vocab.json").read_bytes() == b"{}"
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
+        "config.json",
+        "tokenizer/vocab.json",
+    ]
+
+
+@pytest.mark.django_db
 def test_a_sagemaker_jobs_model_tar_gz_is_downloaded_and_unpacked(owner, s3, tmp_path):
     s3.put_object(
         Bucket="sagemaker-output",
@@ -270,6 +296,36 @@ def test_a_run_whose_model_is_missing_fails_with_the_reason(owner):
     assert run.status == PlaygroundStatus.FAILED
     assert "missing from storage" in run.error
     assert run.finished_at is not None
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("raised", "message"),
+    [
+        (SoftTimeLimitExceeded(), "Generation took longer than 600 s and was stopped."),
+        (MemoryError("out of memory"), "Generation failed: MemoryError: out of memory"),
+    ],
+)
+def test_a_run_that_runs_out_of_time_or_breaks_fails_with_a_message(
+    owner, monkeypatch, settings, raised, message
+):
+    from jobs import generation
+
+    settings.PLAYGROUND_TIME_LIMIT_SECONDS = 600
+    job = completed(make_job(owner))
+    run = PlaygroundRun.objects.create(job=job, prompt="Hi", max_new_tokens=8, temperature=0, top_p=1)
+
+    def compare(*, outcome, **_):
+        outcome.tuned_output, outcome.tuned_tokens = "half an answer", 3
+        raise raised
+
+    monkeypatch.setattr(generation, "compare", compare)
+    playground.run_generation(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == PlaygroundStatus.FAILED
+    assert run.error == message
+    assert (run.tuned_output, run.tuned_tokens) == ("half an answer", 3)  # what was done is kept
 
 
 @pytest.mark.django_db
