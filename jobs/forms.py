@@ -25,8 +25,8 @@ SAGEMAKER_NOT_CONFIGURED = (
     "not configured: set SAGEMAKER_ROLE_ARN (an IAM role SageMaker may assume), AWS credentials and "
     "AWS_STORAGE_BUCKET_NAME to train in the cloud"
 )
-# Triggers after which the form fills in the preset's values again.
-PRESET_TRIGGERS = frozenset({"preset", "dataset", "base_model"})
+# The hyperparameters are filled in again from the preset when one of these changes.
+FILL_FIELDS = ("preset", "dataset", "base_model")
 
 
 def sagemaker_availability() -> tuple[bool, str]:
@@ -151,6 +151,9 @@ class NewJobForm(forms.Form):
     preset = forms.ChoiceField(
         choices=presets.PRESET_CHOICES, initial=presets.AUTOMATIC, required=False, widget=forms.RadioSelect
     )
+    # Which preset, dataset and model the hyperparameters shown were filled in for; when the
+    # form comes with another, the estimate partial fills them in again.
+    filled_for = forms.CharField(required=False, widget=forms.HiddenInput)
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -162,6 +165,8 @@ class NewJobForm(forms.Form):
         for name in HYPERPARAMETER_FIELDS:
             self.fields[name] = hyperparameter_field(HYPERPARAMETERS[name])
         self.estimate: Estimate | None = None
+        if not self.is_bound:
+            self.initial.setdefault("filled_for", self.fill_key())
 
     # --- what the template reads ---
 
@@ -174,6 +179,18 @@ class NewJobForm(forms.Form):
     @property
     def advanced_has_errors(self) -> bool:
         return self.is_bound and any(self[name].errors for name in ADVANCED_HYPERPARAMETERS)
+
+    def fill_key(self) -> str:
+        """`preset:dataset:model` as the form now stands."""
+        values = []
+        for name in FILL_FIELDS:
+            value = self[name].value()
+            values.append(str(getattr(value, "pk", value) or ("" if name != "preset" else presets.AUTOMATIC)))
+        return ":".join(values)
+
+    def needs_refill(self) -> bool:
+        """A preset, dataset or model other than the one the shown values were filled in for."""
+        return self.is_bound and self.data.get("filled_for", "") != self.fill_key()
 
     @property
     def selected_model(self) -> BaseModel | None:
@@ -243,12 +260,13 @@ class NewJobForm(forms.Form):
         """The same form with its hyperparameters set to what the chosen preset gives."""
         probe = cls(user, data)
         preset = probe.selected("preset") or presets.AUTOMATIC
+        data = data.copy()
+        data["filled_for"] = probe.fill_key()
         if preset == presets.CUSTOM:
-            return probe
+            return cls(user, data)
         values = presets.preset_values(
             preset, base_model=probe.selected("base_model"), dataset=probe.selected("dataset")
         )
-        data = data.copy()
         for name in HYPERPARAMETER_FIELDS:
             value = as_form_value(HYPERPARAMETERS[name], values.get(name))
             if value is False:

@@ -26,7 +26,6 @@ from datasets_app import storage
 from jobs import actions, lifecycle
 from jobs.estimate import format_duration
 from jobs.forms import (
-    PRESET_TRIGGERS,
     CursorForm,
     JobFilterForm,
     NewJobForm,
@@ -212,12 +211,13 @@ def new_job(request: HttpRequest) -> HttpResponse:
 def estimate(request: HttpRequest) -> HttpResponse:
     """The live estimate of the new-job form: steps, tokens, time, cost and what is wrong, as fields change.
 
-    After a change of preset, dataset or model the hyperparameter fields come back too
-    (out of band), filled in with the preset's values.
+    When the preset, dataset or model is not the one the shown hyperparameters were filled
+    in for, they come back too (out of band), filled in with the preset's values.
     """
-    trigger = request.htmx.trigger_name if request.htmx else request.GET.get("trigger")
-    refill = trigger in PRESET_TRIGGERS
-    form = NewJobForm.refilled(request.user, request.GET) if refill else NewJobForm(request.user, request.GET)
+    form = NewJobForm(request.user, request.GET)
+    refill = form.needs_refill()
+    if refill:
+        form = NewJobForm.refilled(request.user, request.GET)
     form.is_valid()
     context = {"form": form, "estimate": form.estimate, "estimate_form": form, "oob": True}
     html = render_to_string("jobs/new.html#estimate", context, request=request)

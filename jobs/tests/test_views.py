@@ -227,11 +227,13 @@ def test_a_bad_value_is_named_and_nothing_is_launched(owner_client, owner):
 
 def test_the_estimate_partial_recomputes_as_fields_change(owner_client, owner):
     dataset = make_ready_dataset(owner)
+    model = scratch_base_model()
     query = {
         "dataset": dataset.pk,
-        "base_model": scratch_base_model().pk,
+        "base_model": model.pk,
         "backend": "local",
-        "preset": "custom",
+        "preset": "quick",
+        "filled_for": f"quick:{dataset.pk}:{model.pk}",
         "max_steps": "40",
         "batch_size": "4",
         "max_seq_length": "64",
@@ -246,11 +248,20 @@ def test_the_estimate_partial_recomputes_as_fields_change(owner_client, owner):
     assert "data-estimate-steps>40<" in page
     assert "data-estimate-time>about " in page
     assert 'id="hyperparameters"' not in page  # a field change does not re-render the fields
+    assert "data-estimate-steps>40<" in page  # and the quick preset did not overwrite the value typed
 
 
 def test_the_estimate_partial_names_what_is_wrong(owner_client, owner):
     dataset = make_ready_dataset(owner)
-    query = {"dataset": dataset.pk, "base_model": scratch_base_model().pk, "backend": "local", "epochs": "-1"}
+    model = scratch_base_model()
+    query = {
+        "dataset": dataset.pk,
+        "base_model": model.pk,
+        "backend": "local",
+        "preset": "custom",
+        "filled_for": f"custom:{dataset.pk}:{model.pk}",
+        "epochs": "-1",
+    }
 
     page = owner_client.get("/jobs/new/estimate/", query, headers={"HX-Request": "true"}).content.decode()
 
@@ -259,23 +270,53 @@ def test_the_estimate_partial_names_what_is_wrong(owner_client, owner):
     assert "data-estimate-steps" not in page
 
 
-def test_choosing_a_preset_fills_the_fields_in_out_of_band(owner_client, owner):
+@pytest.mark.parametrize("changed", ["preset", "dataset", "base_model"])
+def test_a_new_preset_dataset_or_model_fills_the_fields_in_out_of_band(owner_client, owner, changed):
     dataset = make_ready_dataset(owner)
+    model = scratch_base_model()
+    before = {"preset": "balanced", "dataset": dataset.pk, "base_model": model.pk}
+    before[changed] = {"preset": "balanced", "dataset": 0, "base_model": 0}[changed]
     query = {
         "dataset": dataset.pk,
-        "base_model": scratch_base_model().pk,
+        "base_model": model.pk,
         "backend": "local",
         "preset": "quick",
         "max_steps": "999",
+        "filled_for": f"{before['preset']}:{before['dataset']}:{before['base_model']}",
     }
 
-    page = owner_client.get(
-        "/jobs/new/estimate/", query, headers={"HX-Request": "true", "HX-Trigger-Name": "preset"}
-    ).content.decode()
+    page = owner_client.get("/jobs/new/estimate/", query, headers={"HX-Request": "true"}).content.decode()
 
     assert '<div id="hyperparameters" hx-swap-oob="true">' in page
     assert 'name="max_steps" value="50"' in page
+    assert f'name="filled_for" value="quick:{dataset.pk}:{model.pk}"' in page
     assert "data-estimate-steps>50<" in page
+
+
+def test_custom_keeps_the_values_when_the_model_changes(owner_client, owner):
+    dataset = make_ready_dataset(owner)
+    model = scratch_base_model()
+    query = {
+        "dataset": dataset.pk,
+        "base_model": model.pk,
+        "backend": "local",
+        "preset": "custom",
+        "max_steps": "999",
+        "filled_for": f"custom:{dataset.pk}:0",
+    }
+
+    page = owner_client.get("/jobs/new/estimate/", query, headers={"HX-Request": "true"}).content.decode()
+
+    assert 'name="max_steps" value="999"' in page
+    assert f'name="filled_for" value="custom:{dataset.pk}:{model.pk}"' in page
+
+
+def test_the_new_job_page_says_what_its_values_were_filled_in_for(owner_client, owner):
+    dataset = make_ready_dataset(owner)
+
+    page = owner_client.get(f"/jobs/new/?dataset={dataset.pk}&preset=quick").content.decode()
+
+    assert f'name="filled_for" value="quick:{dataset.pk}:{scratch_base_model().pk}"' in page
 
 
 def test_without_javascript_a_preset_is_applied_by_a_plain_get(owner_client, owner):
