@@ -77,8 +77,9 @@ def unavailable_reason(job: TrainingJob) -> str | None:
 
 
 def base_model_id(job: TrainingJob) -> str:
-    # What finetune.py actually started from; the catalogue row is the fallback.
-    return str((job.hyperparameters or {}).get("base_model") or job.base_model.hub_id)
+    # The catalogue's id (what the launch form passed to finetune.py), never a value a
+    # person typed: the worker loads whatever this names.
+    return job.base_model.hub_id
 
 
 def is_scratch(job: TrainingJob) -> bool:
@@ -178,7 +179,9 @@ def run_generation(run_id: int) -> None:
     """Answer one run with the tuned model and the base. Any error becomes a failed run."""
     if not claim_run(run_id):
         return
-    run = PlaygroundRun.objects.select_related("job__base_model", "job__dataset").get(pk=run_id)
+    run = PlaygroundRun.objects.select_related("job__base_model", "job__dataset").filter(pk=run_id).first()
+    if run is None:  # the job was deleted meanwhile
+        return
     job = run.job
     from jobs import generation  # torch and transformers: worker only
 
