@@ -65,8 +65,8 @@
     }
 
     function draw() {
-      if (empty) empty.hidden = true;
-      svg.hidden = false;
+      if (empty) empty.style.display = "none";
+      svg.style.display = "block";
       const width = 640, height = 260, left = 48, right = 12, top = 12, bottom = 28;
       const all = train.concat(evals);
       const maxStep = Math.max(totalSteps, ...all.map((p) => p[0]), 1);
