@@ -196,8 +196,15 @@ def request_stop(job: TrainingJob) -> bool:
     """Stop a job for its owner. A queued job stops at once; a running one goes to stopping."""
     if transition(job.pk, S.STOPPED, "Stopped before it started", only_from={S.QUEUED}):
         return True
-    # The local worker sees `stopping` on its next heartbeat and signals the script.
-    return transition(job.pk, S.STOPPING, "Stopping…")
+    # The local worker sees `stopping` on its next heartbeat and signals the script;
+    # a SageMaker job is stopped by a task, and the poller sees it end.
+    if not transition(job.pk, S.STOPPING, "Stopping…"):
+        return False
+    if job.backend == Backend.SAGEMAKER:
+        from jobs.tasks import stop_sagemaker_job
+
+        stop_sagemaker_job.delay_on_commit(job.pk)
+    return True
 
 
 def reap_stale_jobs(now: datetime | None = None) -> list[int]:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
 from django.db import models
 from django.urls import reverse
@@ -136,6 +138,9 @@ class TrainingJob(models.Model):
     estimated_cost_usd = models.DecimalField(max_digits=10, decimal_places=4, null=True, blank=True)
     cost_usd = models.DecimalField(max_digits=10, decimal_places=4, default=0)
     billable_seconds = models.PositiveIntegerField(null=True, blank=True)
+    training_seconds = models.PositiveIntegerField(
+        null=True, blank=True, help_text="SageMaker TrainingTimeInSeconds (above billable with spot)"
+    )
 
     # SageMaker bookkeeping, written by the poller only.
     sagemaker_job_name = models.CharField(max_length=63, blank=True, db_index=True)
@@ -144,6 +149,7 @@ class TrainingJob(models.Model):
     sagemaker_log_state = models.JSONField(default=dict, blank=True, help_text="Log streams and their tokens")
     sagemaker_last_modified = models.DateTimeField(null=True, blank=True)
     model_artifacts_uri = models.CharField(max_length=1000, blank=True)
+    sagemaker_described_at = models.DateTimeField(null=True, blank=True, help_text="Last DescribeTrainingJob")
 
     model_prefix = models.CharField(max_length=500, blank=True, help_text="Storage prefix of the tuned model")
     log_key = models.CharField(max_length=500, blank=True, help_text="Storage key of the full log")
@@ -183,6 +189,15 @@ class TrainingJob(models.Model):
 
     def storage_prefix(self) -> str:
         return f"users/{self.owner_id}/jobs/{self.pk}"
+
+    @property
+    def spot_savings_usd(self) -> Decimal | None:
+        """What managed spot training saved against on-demand for the same training time (when known)."""
+        if not self.use_spot or not self.billable_seconds or not self.training_seconds:
+            return None
+        extra = self.training_seconds - self.billable_seconds
+        saved = Decimal(self.cost_usd) * extra / self.billable_seconds
+        return max(Decimal(0), saved).quantize(Decimal("0.0001"))
 
 
 class MetricPoint(models.Model):

@@ -6,7 +6,7 @@ from celery import shared_task
 from django.conf import settings
 
 from jobs import lifecycle, notifications, playground
-from jobs.backends import local
+from jobs.backends import local, sagemaker
 
 
 @shared_task(acks_late=True)
@@ -36,3 +36,30 @@ def run_playground(run_id: int) -> None:
 @shared_task(ignore_result=True)
 def fail_stale_playground_runs() -> None:
     playground.fail_stale_runs()
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=6)
+def submit_sagemaker_job(self, job_id: int) -> None:
+    try:
+        sagemaker.submit_job(job_id)
+    except sagemaker.TransientAWSError as error:
+        if self.request.retries >= self.max_retries:
+            sagemaker.give_up_submission(job_id, error)
+            return
+        raise self.retry(exc=error, countdown=sagemaker.retry_delay(self.request.retries)) from error
+
+
+@shared_task(ignore_result=True, soft_time_limit=240, time_limit=270)
+def poll_sagemaker_jobs() -> None:
+    sagemaker.poll_jobs()
+
+
+@shared_task(bind=True, acks_late=True, ignore_result=True, max_retries=6)
+def stop_sagemaker_job(self, job_id: int) -> None:
+    try:
+        sagemaker.stop_job(job_id)
+    except sagemaker.TransientAWSError as error:
+        if self.request.retries >= self.max_retries:
+            sagemaker.give_up_stop(job_id, error)
+            return
+        raise self.retry(exc=error, countdown=sagemaker.retry_delay(self.request.retries)) from error

@@ -8,6 +8,7 @@ the variables for production.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -333,6 +334,27 @@ PLAYGROUND_CACHE_MODELS = env_int("PLAYGROUND_CACHE_MODELS", 2, 1)
 PLAYGROUND_CACHE_DIR = Path(env_str("PLAYGROUND_CACHE_DIR", str(VAR_DIR / "model-cache")))
 # One generation (both models, loading included) is stopped after this long.
 PLAYGROUND_TIME_LIMIT_SECONDS = env_int("PLAYGROUND_TIME_LIMIT_SECONDS", 600, 30)
+
+# --- AWS SageMaker ------------------------------------------------------------
+# Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_PROFILE /
+# an instance role); the region is AWS_REGION. SageMaker is offered once the role
+# and a bucket are set; `manage.py check_sagemaker` checks the rest.
+SAGEMAKER_ROLE_ARN = env_str("SAGEMAKER_ROLE_ARN")
+_ROLE_ARN = r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+"
+if SAGEMAKER_ROLE_ARN and not re.fullmatch(_ROLE_ARN, SAGEMAKER_ROLE_ARN):
+    raise ImproperlyConfigured(
+        "SAGEMAKER_ROLE_ARN must be an IAM role ARN (arn:aws:iam::<account>:role/<name>), "
+        f"not {SAGEMAKER_ROLE_ARN!r}"
+    )
+# Jobs' code, data copies, checkpoints and models; the datasets bucket when unset.
+SAGEMAKER_BUCKET = env_str("SAGEMAKER_BUCKET")
+SAGEMAKER_POLL_SECONDS = env_int("SAGEMAKER_POLL_SECONDS", 30, 10)
+# A poll that could not start in time is dropped rather than piled up behind the next.
+CELERY_BEAT_SCHEDULE["poll-sagemaker-jobs"] = {
+    "task": "jobs.tasks.poll_sagemaker_jobs",
+    "schedule": float(SAGEMAKER_POLL_SECONDS),
+    "options": {"expires": float(SAGEMAKER_POLL_SECONDS)},
+}
 
 # --- Security -----------------------------------------------------------------
 

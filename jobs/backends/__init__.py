@@ -12,7 +12,8 @@ from jobs.models import Backend, TrainingJob
 def queue_job(job: TrainingJob) -> None:
     from jobs import tasks
 
-    task = {Backend.LOCAL: tasks.run_local_job}.get(job.backend)
+    runners = {Backend.LOCAL: tasks.run_local_job, Backend.SAGEMAKER: tasks.submit_sagemaker_job}
+    task = runners.get(job.backend)
     if task is None:
         raise ValueError(f"no backend can run {job.backend!r} jobs")
     task_id = str(uuid.uuid4())
