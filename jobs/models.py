@@ -161,12 +161,21 @@ class TrainingJob(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
     notified_at = models.DateTimeField(null=True, blank=True)
+    # Set by `submit_jobs`: a hash of the manifest entry, so a re-run never submits it twice.
+    batch_key = models.CharField(max_length=64, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
         indexes = [
             models.Index(fields=["owner", "-created_at"]),
             models.Index(fields=["status", "backend"]),
+        ]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["owner", "batch_key"],
+                condition=~models.Q(batch_key=""),
+                name="unique_batch_key_per_owner",
+            )
         ]
 
     def __str__(self) -> str:
@@ -198,6 +207,25 @@ class TrainingJob(models.Model):
         extra = self.training_seconds - self.billable_seconds
         saved = Decimal(self.cost_usd) * extra / self.billable_seconds
         return max(Decimal(0), saved).quantize(Decimal("0.0001"))
+
+
+class ManifestDataset(models.Model):
+    """A file that `submit_jobs` imported as a dataset, by content, so a re-run reuses the dataset."""
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="manifest_datasets"
+    )
+    sha256 = models.CharField(max_length=64, help_text="Of the file's bytes")
+    read_options = models.CharField(max_length=2100, blank=True, help_text="How it was read (the mapping)")
+    dataset = models.ForeignKey("datasets_app.Dataset", on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "sha256"])]
+
+    def __str__(self) -> str:
+        return f"{self.sha256[:12]} → dataset {self.dataset_id}"
 
 
 class MetricPoint(models.Model):
