@@ -11,7 +11,7 @@ from datasets_app.models import Dataset
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
     list_display = ["name", "owner", "status", "shown_format", "samples", "tokens", "size_bytes", "created"]
-    list_filter = ["status", "format", "created"]
+    list_filter = ["status", "format", "created", ("owner", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["owner"]
     search_fields = ["name", "original_filename", "owner__email", "uuid"]
     readonly_fields = [
@@ -35,6 +35,11 @@ class DatasetAdmin(admin.ModelAdmin):
     ]
     exclude = ["sample_index"]
     actions = ["prepare_again"]
+    date_hierarchy = "created"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A dataset comes from an upload or `import_dataset`, which store and prepare its file.
+        return False
 
     @admin.action(description="Prepare again with the current settings")
     def prepare_again(self, request: HttpRequest, queryset: QuerySet[Dataset]) -> None:

@@ -1,6 +1,80 @@
-from django.contrib import admin
+"""The operators' admin of the jobs app: the model catalogue, instance prices, jobs and the cost report.
 
-from jobs.models import BaseModel, InstanceType, TrainingJob
+Job actions go through the same functions as the jobs pages (lifecycle.request_stop,
+actions.retry_job, lifecycle.transition); nothing here saves a job's state itself.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from decimal import Decimal
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from jobs import actions, lifecycle, reports
+from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+
+SETTINGS_FIELDS = [
+    "name",
+    "owner",
+    "dataset",
+    "base_model",
+    "backend",
+    "method",
+    "hyperparameters",
+    "instance_type",
+    "instance_count",
+    "use_spot",
+    "max_cost_usd",
+]
+# Written by the backends and the lifecycle only: an operator sees them but never types them.
+PROGRESS_FIELDS = [
+    "status",
+    "status_message",
+    "attempt",
+    "celery_task_id",
+    "step",
+    "total_steps",
+    "epoch",
+    "loss",
+    "eval_loss",
+    "learning_rate",
+    "tokens_per_second",
+    "eta_seconds",
+    "metrics",
+    "log_seq",
+]
+COST_FIELDS = ["estimated_seconds", "estimated_cost_usd", "cost_usd", "billable_seconds", "training_seconds"]
+AWS_FIELDS = [
+    "sagemaker_job_name",
+    "sagemaker_status",
+    "sagemaker_secondary_status",
+    "sagemaker_log_state",
+    "sagemaker_last_modified",
+    "sagemaker_described_at",
+    "model_artifacts_uri",
+]
+OTHER_FIELDS = [
+    "model_prefix",
+    "log_key",
+    "batch_key",
+    "created_at",
+    "started_at",
+    "training_started_at",
+    "finished_at",
+    "heartbeat_at",
+    "stop_requested_at",
+    "notified_at",
+]
+# SageMaker states in which AWS still runs (and bills) the training job.
+AWS_RUNNING = ("InProgress", "Stopping")
 
 
 @admin.register(BaseModel)
@@ -10,14 +84,20 @@ class BaseModelAdmin(admin.ModelAdmin):
         "hub_id",
         "family",
         "architecture",
-        "parameters",
+        "parameters_display",
         "context_length",
+        "recommended_method",
         "gated",
         "is_active",
+        "sort_order",
     ]
     list_filter = ["family", "architecture", "gated", "is_active"]
     search_fields = ["name", "hub_id"]
-    list_editable = ["is_active"]
+    list_editable = ["is_active", "sort_order"]
+
+    @admin.display(description="Parameters", ordering="parameters")
+    def parameters_display(self, obj: BaseModel) -> str:
+        return obj.parameters_display
 
 
 @admin.register(InstanceType)
@@ -29,33 +109,230 @@ class InstanceTypeAdmin(admin.ModelAdmin):
         "gpu_type",
         "gpu_count",
         "price_per_hour_usd",
+        "price_region",
         "price_date",
+        "is_active",
     ]
-    list_filter = ["gpu_type", "is_active"]
-    search_fields = ["name"]
+    list_filter = ["gpu_type", "is_active", "price_region"]
+    list_editable = ["price_per_hour_usd", "price_date", "is_active"]
+    search_fields = ["name", "gpu_type"]
+
+
+class MarkFailedForm(forms.Form):
+    reason = forms.CharField(
+        max_length=1000,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        help_text="Shown to the job's owner as the reason it failed.",
+    )
+
+
+class MonthField(forms.CharField):
+    """YYYY-MM (what <input type="month"> sends) as the first day of that month."""
+
+    widget = forms.TextInput(attrs={"type": "month", "placeholder": "YYYY-MM"})
+
+    def to_python(self, value) -> date | None:
+        value = super().to_python(value)
+        if not value:
+            return None
+        try:
+            return datetime.strptime(value, "%Y-%m").date()
+        except ValueError:
+            raise forms.ValidationError("Enter a month as YYYY-MM.") from None
+
+
+class CostReportForm(forms.Form):
+    """?start=YYYY-MM&end=YYYY-MM&by=user|instance_type&format=csv; the last 12 months by default."""
+
+    start = MonthField(required=False, label="From")
+    end = MonthField(required=False, label="To")
+    by = forms.ChoiceField(
+        choices=[(reports.BY_USER, "user"), (reports.BY_INSTANCE_TYPE, "instance type")], required=False
+    )
+    format = forms.ChoiceField(choices=[("", "page"), ("csv", "CSV")], required=False)
+
+    def clean(self):
+        data = super().clean()
+        default_start, default_end = reports.months_back(12)
+        data["start"] = data.get("start") or default_start
+        data["end"] = data.get("end") or default_end
+        if data["start"] > data["end"]:
+            self.add_error("end", "The last month must not come before the first.")
+        data["by"] = data.get("by") or reports.BY_USER
+        return data
+
+    def period(self) -> tuple[date, date]:
+        if self.is_valid():
+            return self.cleaned_data["start"], self.cleaned_data["end"]
+        return reports.months_back(12)
 
 
 @admin.register(TrainingJob)
 class TrainingJobAdmin(admin.ModelAdmin):
     list_display = [
         "name",
-        "owner",
+        "owner_email",
         "status",
         "backend",
+        "instance_type",
         "base_model",
-        "step",
-        "total_steps",
+        "progress",
         "cost_usd",
         "created_at",
     ]
-    list_filter = ["status", "backend", "instance_type"]
+    list_filter = [
+        "status",
+        "backend",
+        ("instance_type", admin.RelatedOnlyFieldListFilter),
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    ]
     list_select_related = ["owner", "base_model", "instance_type"]
-    search_fields = ["name", "owner__email", "sagemaker_job_name"]
-    readonly_fields = [
-        "status", "status_message", "celery_task_id", "step", "total_steps", "epoch", "loss", "eval_loss",
-        "metrics", "log_seq", "sagemaker_job_name", "sagemaker_status", "sagemaker_secondary_status",
-        "sagemaker_log_state", "sagemaker_last_modified", "model_artifacts_uri", "model_prefix", "log_key",
-        "billable_seconds", "cost_usd", "created_at", "started_at", "training_started_at", "finished_at",
-        "heartbeat_at", "stop_requested_at", "notified_at",
-    ]  # fmt: skip
-    raw_id_fields = ["owner", "dataset"]
+    search_fields = ["name", "owner__email", "sagemaker_job_name", "batch_key"]
+    date_hierarchy = "created_at"
+    # A job's settings were checked and handed to its backend at launch; changing them here would
+    # change nothing that runs. Only the name stays editable.
+    readonly_fields = SETTINGS_FIELDS[1:] + PROGRESS_FIELDS + COST_FIELDS + AWS_FIELDS + OTHER_FIELDS
+    actions = ["stop_jobs", "retry_jobs", "mark_failed", "poll_now"]
+    fieldsets = [
+        (None, {"fields": SETTINGS_FIELDS}),
+        ("State", {"fields": PROGRESS_FIELDS}),
+        ("Cost", {"fields": COST_FIELDS}),
+        ("AWS", {"fields": AWS_FIELDS}),
+        ("Storage and times", {"fields": OTHER_FIELDS}),
+    ]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        # A job made here would never be queued: jobs come from the launch form or submit_jobs.
+        return False
+
+    @admin.display(description="Owner", ordering="owner__email")
+    def owner_email(self, job: TrainingJob) -> str:
+        return job.owner.email
+
+    @admin.display(description="Progress", ordering="step")
+    def progress(self, job: TrainingJob) -> str:
+        if not job.total_steps:
+            return f"{job.percent} %"
+        return f"{job.percent} % ({job.step:,}/{job.total_steps:,})"
+
+    # --- actions ---
+
+    @admin.action(description="Stop the selected jobs", permissions=["change"])
+    def stop_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        stopped = skipped = 0
+        for job in queryset:
+            if job.status not in FINAL_STATES and lifecycle.request_stop(job):
+                stopped += 1
+            else:
+                skipped += 1
+        self.message_user(request, f"{stopped} job(s) stopped or stopping.", messages.SUCCESS)
+        if skipped:
+            self.message_user(request, f"{skipped} job(s) had already ended.", messages.WARNING)
+
+    @admin.action(description="Retry the selected jobs (a new attempt each)", permissions=["change"])
+    def retry_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        retried = 0
+        for job in queryset.select_related("dataset", "owner", "base_model", "instance_type"):
+            try:
+                actions.retry_job(job)
+            except actions.ActionError as error:
+                self.message_user(request, f"“{job.name}” (#{job.pk}): {error}", messages.WARNING)
+            else:
+                retried += 1
+        if retried:
+            self.message_user(request, f"{retried} job(s) queued again.", messages.SUCCESS)
+
+    @admin.action(description="Mark the selected jobs failed, with a reason…", permissions=["change"])
+    def mark_failed(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> TemplateResponse | None:
+        form = MarkFailedForm(request.POST if "apply" in request.POST else None)
+        if form.is_bound and form.is_valid():
+            reason = form.cleaned_data["reason"]
+            failed = 0
+            for job in queryset:
+                if lifecycle.transition(job.pk, JobStatus.FAILED, reason):
+                    lifecycle.append_log(job.pk, [f"Marked failed by {request.user}: {reason}"])
+                    failed += 1
+            self.message_user(request, f"{failed} job(s) marked failed.", messages.SUCCESS)
+            if failed < len(queryset):
+                self.message_user(
+                    request, f"{len(queryset) - failed} job(s) had already ended.", messages.WARNING
+                )
+            return None
+        jobs = list(queryset.select_related("owner"))
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Mark jobs failed",
+            "opts": self.model._meta,
+            "form": form,
+            "jobs": jobs,
+            "still_running": [job for job in jobs if _still_running(job)],
+            "running_on_aws": sum(
+                1 for job in jobs if job.backend == Backend.SAGEMAKER and job.sagemaker_status in AWS_RUNNING
+            ),
+            "action_checkbox_name": ACTION_CHECKBOX_NAME,
+            "action": "mark_failed",
+        }
+        return TemplateResponse(request, "admin/jobs/trainingjob/mark_failed.html", context)
+
+    @admin.action(description="Poll SageMaker now", permissions=["change"])
+    def poll_now(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        from jobs.backends import sagemaker
+        from jobs.tasks import poll_sagemaker_jobs
+
+        count = queryset.filter(backend=Backend.SAGEMAKER, sagemaker_status__in=AWS_RUNNING).count()
+        if not count:
+            self.message_user(
+                request,
+                "None of the selected jobs is running on SageMaker: nothing to poll.",
+                messages.WARNING,
+            )
+            return
+        if not sagemaker.is_configured():
+            self.message_user(request, f"SageMaker is {sagemaker.unavailable_reason()}.", messages.ERROR)
+            return
+        poll_sagemaker_jobs.delay_on_commit()
+        self.message_user(
+            request,
+            f"A SageMaker poll is queued; it looks at every running SageMaker job, these {count} included.",
+            messages.SUCCESS,
+        )
+
+    # --- the cost report ---
+
+    def get_urls(self):
+        report = self.admin_site.admin_view(self.cost_report_view)
+        return [path("cost-report/", report, name="jobs_trainingjob_cost_report"), *super().get_urls()]
+
+    def cost_report_view(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        form = CostReportForm(request.GET)
+        valid = form.is_valid()
+        start, end = form.period()
+        if valid and form.cleaned_data["format"] == "csv":
+            by = form.cleaned_data["by"]
+            response = StreamingHttpResponse(
+                reports.csv_lines(reports.report_csv_rows(by, start, end)), content_type="text/csv"
+            )
+            filename = f"llmtuner-spend-by-{by.replace('_', '-')}-{start:%Y-%m}-to-{end:%Y-%m}.csv"
+            response["Content-Disposition"] = f'attachment; filename="{filename}"'
+            return response
+        months = reports.monthly_report(start, end)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Cost report",
+            "opts": self.model._meta,
+            "form": form,
+            "start": start,
+            "end": end,
+            "months": months,
+            "total_usd": sum((month.spend_usd for month in months), Decimal("0.0000")),
+            "total_jobs": sum(month.jobs for month in months),
+        }
+        return TemplateResponse(request, "admin/jobs/cost_report.html", context, status=200 if valid else 400)
+
+
+def _still_running(job: TrainingJob) -> bool:
+    if job.backend == Backend.SAGEMAKER:
+        return job.sagemaker_status in AWS_RUNNING
+    return job.status not in FINAL_STATES and job.status != JobStatus.QUEUED
