@@ -724,6 +724,8 @@ class Tracker:
     steps_per_epoch: int
     started: float = field(default_factory=time.perf_counter)
     excluded: float = 0.0  # seconds spent in eval / checkpoints
+    cpu_started: float = field(default_factory=time.process_time)
+    cpu_excluded: float = 0.0
     train_tokens: int = 0
     loss_sum: float = 0.0
     loss_count: int = 0
@@ -731,6 +733,19 @@ class Tracker:
 
     def train_time(self) -> float:
         return time.perf_counter() - self.started - self.excluded
+
+    def train_cpu_time(self) -> float:
+        return time.process_time() - self.cpu_started - self.cpu_excluded
+
+    @contextlib.contextmanager
+    def excluding(self):
+        """Time spent inside does not count as training (evaluation, checkpoints)."""
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.excluded += time.perf_counter() - t0
+            self.cpu_excluded += time.process_time() - c0
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -927,9 +942,8 @@ def _run(hparams: dict, paths: dict, state) -> int:
     )
 
     def do_eval(step: int) -> float | None:
-        t0 = time.perf_counter()
-        loss = evaluate()
-        tracker.excluded += time.perf_counter() - t0
+        with tracker.excluding():
+            loss = evaluate()
         if state.stop_requested():
             return None
         record = {"step": step, "epoch": round(step / steps_per_epoch, 4), "eval_loss": loss}
@@ -1024,14 +1038,14 @@ def _run(hparams: dict, paths: dict, state) -> int:
             if eval_data is not None and step % eval_steps == 0 and step < total_steps:
                 eval_loss = do_eval(step)
             if hparams["save_steps"] and step % hparams["save_steps"] == 0 and step < total_steps:
-                t0 = time.perf_counter()
-                path = save_checkpoint(model, tokenizer, paths["checkpoint_dir"], step)
-                tracker.excluded += time.perf_counter() - t0
+                with tracker.excluding():
+                    path = save_checkpoint(model, tokenizer, paths["checkpoint_dir"], step)
                 progress.emit("checkpoint", step=step, path=path)
         epoch_index += 1
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_runtime = tracker.train_time()
+    train_cpu_time = tracker.train_cpu_time()
     if not state.stop_requested() and eval_data is not None:
         eval_loss = do_eval(step)
 
@@ -1062,6 +1076,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
         "eval_loss": eval_loss,
         "perplexity": perplexity(eval_loss),
         "train_runtime": round(train_runtime, 3),
+        "train_cpu_seconds": round(train_cpu_time, 3),  # CPU time of this process (all threads)
         "train_tokens": tracker.train_tokens,
         "tokens_per_second": round(tracker.train_tokens / max(train_runtime, 1e-9), 1),
         "samples": len(train_samples),
