@@ -17,6 +17,9 @@ run on every keystroke of the new-job form:
   actually reached here, so utilisation 1), an instance's sustained
   ``bf16_tflops`` (GPU) or ``fp32_tflops`` (CPU) on SageMaker, of one device
   only, since finetune.py trains on one device;
+- the time is then multiplied by ``calibration``: the median of actual ÷ estimated
+  duration of recent completed jobs on the same instance family (or this
+  machine), from ``jobs.pricing.calibration_factor``; 1 until there are a few;
 - cost is ``seconds ÷ 3600 × price per hour × instance count``; this machine
   costs nothing.
 """
@@ -62,6 +65,7 @@ class Estimate:
     steps_per_epoch: int = 0
     max_seq_length: int = 0
     tflops: float = 0.0
+    calibration: float = 1.0
 
     @property
     def duration(self) -> str:
@@ -81,6 +85,7 @@ def estimate_job(
     backend: str,
     instance_type: Any = None,
     instance_count: int = 1,
+    calibration: float = 1.0,
 ) -> Estimate:
     """Steps, trained tokens, seconds and cost of one job; `hyperparameters` are validated values."""
     hp = {**DEFAULTS, **{k: v for k, v in hyperparameters.items() if v is not None}}
@@ -106,7 +111,7 @@ def estimate_job(
     flops = per_token * int(base_model.parameters) * train_tokens
     tflops, utilisation = _throughput(backend, instance_type)
     compute_seconds = flops / (tflops * 1e12 * utilisation) if tflops > 0 else 0.0
-    seconds = math.ceil(compute_seconds + STARTUP_SECONDS.get(backend, 0))
+    seconds = math.ceil((compute_seconds + STARTUP_SECONDS.get(backend, 0)) * calibration)
     return Estimate(
         steps=steps,
         train_tokens=train_tokens,
@@ -115,6 +120,7 @@ def estimate_job(
         steps_per_epoch=steps_per_epoch,
         max_seq_length=seq,
         tflops=tflops * utilisation,
+        calibration=calibration,
     )
 
 

@@ -10,7 +10,7 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import presets
+from jobs import presets, pricing
 from jobs.estimate import Estimate, estimate_job
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
 from training_scripts.hyperparameters import DEFAULTS, HYPERPARAMETERS, Param, validate_hyperparameters
@@ -245,6 +245,11 @@ class NewJobForm(forms.Form):
             self.estimate = estimate_for(
                 dataset, base_model, clean, data["backend"], data.get("instance_type")
             )
+            if data["backend"] == Backend.SAGEMAKER and self.estimate.cost_usd is not None:
+                # The owner's monthly budget, less what this month's jobs spent or still reserve.
+                refusal = pricing.check_budget(self.user, self.estimate.cost_usd)
+                if refusal:
+                    self.add_error(None, refusal)
         return data
 
     def job_name(self) -> str:
@@ -278,6 +283,7 @@ class NewJobForm(forms.Form):
 
 def estimate_for(dataset, base_model, hyperparameters, backend, instance_type=None) -> Estimate:
     stats = dataset.stats or {}
+    on_sagemaker = backend == Backend.SAGEMAKER and instance_type is not None
     return estimate_job(
         tokens=int(stats.get("train_tokens") or dataset.tokens),
         samples=int(stats.get("train_samples") or dataset.samples),
@@ -285,6 +291,8 @@ def estimate_for(dataset, base_model, hyperparameters, backend, instance_type=No
         hyperparameters=hyperparameters,
         backend=backend,
         instance_type=instance_type,
+        # Past jobs on the same instance family (or this machine) correct the estimate.
+        calibration=pricing.calibration_factor(instance_type.name if on_sagemaker else None),
     )
 
 

@@ -20,7 +20,7 @@ import statistics
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
-from django.db.models import Q, Sum
+from django.db.models import Sum
 from django.utils import timezone
 
 from jobs.models import FINAL_STATES, Backend, InstanceType, JobStatus, TrainingJob
@@ -175,26 +175,49 @@ def actual_seconds(job: TrainingJob) -> int | None:
     return None
 
 
+def uncalibrated_estimate_seconds(job: TrainingJob) -> int | None:
+    """What the estimator says for the job's own inputs today, before any calibration.
+
+    Calibration compares actual durations with this rather than with the estimate stored at
+    launch, which was itself calibrated: the factor must not feed on its own past values.
+    """
+    from jobs.estimate import estimate_job
+
+    dataset = job.dataset
+    if dataset is None:
+        return None
+    stats = dataset.stats or {}
+    estimate = estimate_job(
+        tokens=int(stats.get("train_tokens") or dataset.tokens),
+        samples=int(stats.get("train_samples") or dataset.samples),
+        base_model=job.base_model,
+        hyperparameters=job.hyperparameters or {},
+        backend=job.backend,
+        instance_type=job.instance_type,
+        instance_count=job.instance_count,
+    )
+    return estimate.seconds
+
+
 def calibration_factor(instance_type_name: str | None) -> float:
     """Median actual ÷ estimated duration of recent completed jobs of the same instance family.
 
-    `None` means this machine (the local backend). 1.0 until there are enough jobs.
+    `None` means this machine (the local backend). 1.0 until there are CALIBRATION_MIN_JOBS.
     """
     family = instance_family(instance_type_name)
-    jobs = TrainingJob.objects.filter(status=JobStatus.COMPLETED, estimated_seconds__gt=0)
+    jobs = TrainingJob.objects.filter(status=JobStatus.COMPLETED, dataset__isnull=False)
     if family == LOCAL_FAMILY:
-        jobs = jobs.filter(backend=Backend.LOCAL)
+        jobs = jobs.filter(backend=Backend.LOCAL, started_at__isnull=False, finished_at__isnull=False)
     else:
-        jobs = jobs.filter(backend=Backend.SAGEMAKER, instance_type__name__startswith=f"ml.{family}.").filter(
-            Q(training_seconds__gt=0)
+        jobs = jobs.filter(
+            backend=Backend.SAGEMAKER, instance_type__name__startswith=f"ml.{family}.", training_seconds__gt=0
         )
+    recent = jobs.select_related("dataset", "base_model", "instance_type").order_by("-finished_at")
     ratios = []
-    for job in jobs.only(
-        "backend", "estimated_seconds", "training_seconds", "started_at", "finished_at"
-    ).order_by("-finished_at")[:CALIBRATION_JOBS]:
-        actual = actual_seconds(job)
-        if actual and job.estimated_seconds:
-            ratios.append(actual / job.estimated_seconds)
+    for job in recent[:CALIBRATION_JOBS]:
+        actual, estimated = actual_seconds(job), uncalibrated_estimate_seconds(job)
+        if actual and estimated:
+            ratios.append(actual / estimated)
     if len(ratios) < CALIBRATION_MIN_JOBS:
         return 1.0
     low, high = CALIBRATION_BOUNDS

@@ -14,7 +14,7 @@ import pytest
 
 from accounts.models import get_profile
 from jobs import pricing
-from jobs.models import Backend, InstanceType, JobStatus
+from jobs.models import Backend, InstanceType, JobStatus, TrainingJob
 from jobs.tests.conftest import make_job
 
 pytestmark = pytest.mark.django_db
@@ -158,33 +158,114 @@ def test_the_default_budget_comes_from_settings(owner, settings):
 # --- calibration --------------------------------------------------------------------------------------------
 
 
+def finished_on(owner, dataset, instance_type, ratio: float, **fields):
+    """A completed job that took `ratio` × what the estimator says for it."""
+    job = cloud_job(owner, dataset, instance_type=instance_type, status=JobStatus.COMPLETED, **fields)
+    job.training_seconds = round(pricing.uncalibrated_estimate_seconds(job) * ratio)
+    job.finished_at = NOW
+    job.save()
+    return job
+
+
 def test_calibration_is_the_median_actual_over_estimate_of_the_familys_recent_jobs(owner):
     assert pricing.calibration_factor("ml.g5.xlarge") == 1.0  # nothing to learn from yet
     dataset = cloud_job(owner).dataset
-    for actual in (1200, 1500, 3000):
-        cloud_job(owner, dataset, status=JobStatus.COMPLETED, estimated_seconds=1000, training_seconds=actual)
-    g4 = InstanceType.objects.get(name="ml.g4dn.xlarge")
-    cloud_job(
-        owner,
-        dataset,
-        instance_type=g4,
-        status=JobStatus.COMPLETED,
-        estimated_seconds=100,
-        training_seconds=900,
-    )
-    assert pricing.calibration_factor("ml.g5.2xlarge") == 1.5  # same family, g4dn not counted
+    g5_2x = InstanceType.objects.get(name="ml.g5.2xlarge")
+    for ratio in (1.2, 1.5, 3.0):
+        finished_on(owner, dataset, g5_2x, ratio)
+    finished_on(owner, dataset, InstanceType.objects.get(name="ml.g4dn.xlarge"), 9.0)
+    assert pricing.calibration_factor("ml.g5.xlarge") == pytest.approx(1.5, rel=0.01)  # same family only
     assert pricing.calibration_factor("ml.p3.2xlarge") == 1.0
+
+
+def test_calibration_compares_with_the_raw_estimate_so_it_does_not_feed_on_itself(owner):
+    dataset = cloud_job(owner).dataset
+    for _ in range(3):
+        # Launched with a calibrated (doubled) estimate, and took exactly twice the raw estimate.
+        job = finished_on(owner, dataset, g5(), 2.0)
+        job.estimated_seconds = job.training_seconds
+        job.save()
+    assert pricing.calibration_factor("ml.g5.xlarge") == pytest.approx(2.0, rel=0.01)
 
 
 def test_calibration_of_this_machine_uses_local_wall_time_and_is_bounded(owner):
     dataset = make_job(owner).dataset
     for _ in range(3):
-        make_job(
-            owner,
-            dataset,
-            status=JobStatus.COMPLETED,
-            estimated_seconds=10,
-            started_at=NOW,
-            finished_at=NOW + timedelta(seconds=100),
-        )
-    assert pricing.calibration_factor(None) == 4.0  # 10× slower, held at the bound
+        job = make_job(owner, dataset, status=JobStatus.COMPLETED, started_at=NOW)
+        job.finished_at = NOW + timedelta(seconds=10 * pricing.uncalibrated_estimate_seconds(job))
+        job.save()
+    assert pricing.calibration_factor(None) == 4.0  # ten times slower, held at the bound
+
+
+def test_the_launch_forms_estimate_is_calibrated(owner):
+    from jobs.forms import estimate_for
+
+    dataset = cloud_job(owner).dataset
+    for _ in range(3):
+        finished_on(owner, dataset, g5(), 2.0)
+    job = cloud_job(owner, dataset)
+    raw = pricing.uncalibrated_estimate_seconds(job)
+    estimate = estimate_for(dataset, job.base_model, job.hyperparameters, Backend.SAGEMAKER, g5())
+    assert estimate.calibration == pytest.approx(2.0, rel=0.01)
+    assert estimate.seconds == pytest.approx(2 * raw, rel=0.01)
+
+
+# --- the launch form refuses what the budget cannot pay ----------------------------------------------------
+
+
+def launch_on_sagemaker(client, dataset, instance_type) -> dict:
+    from jobs.tests.conftest import scratch_base_model
+
+    return {
+        "dataset": dataset.pk,
+        "base_model": scratch_base_model().pk,
+        "backend": "sagemaker",
+        "instance_type": instance_type.pk,
+        "preset": "custom",
+        "method": "full",
+        "epochs": "1",
+        "max_steps": "20000",
+        "batch_size": "4",
+        "max_seq_length": "64",
+        "packing": "on",
+        "merge_adapter": "on",
+    }
+
+
+@pytest.fixture
+def sagemaker_on(settings):
+    settings.SAGEMAKER_ROLE_ARN = "arn:aws:iam::123456789012:role/llmtuner-sagemaker"
+    settings.SAGEMAKER_BUCKET = "llmtuner-jobs"
+
+
+def test_a_launch_over_budget_is_refused_with_the_figures_and_nothing_runs(owner, owner_client, sagemaker_on):
+    set_budget(owner, "0.05")
+    dataset = make_job(owner).dataset
+    response = owner_client.post("/jobs/new/", launch_on_sagemaker(owner_client, dataset, g5()))
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "This job is estimated to cost $" in page
+    assert "of your $0.05 monthly budget" in page
+    assert not TrainingJob.objects.filter(backend=Backend.SAGEMAKER).exists()
+
+
+def test_a_launch_within_budget_is_queued_for_sagemaker(
+    owner, owner_client, sagemaker_on, django_capture_on_commit_callbacks
+):
+    set_budget(owner, "500")
+    dataset = make_job(owner).dataset
+    with django_capture_on_commit_callbacks() as callbacks:
+        response = owner_client.post("/jobs/new/", launch_on_sagemaker(owner_client, dataset, g5()))
+    assert response.status_code == 302
+    job = TrainingJob.objects.get(backend=Backend.SAGEMAKER)
+    assert job.status == JobStatus.QUEUED and job.estimated_cost_usd > 0
+    assert len(callbacks) == 1  # submit_sagemaker_job, once the row is committed
+
+
+def test_the_live_estimate_shows_the_budget_refusal(owner, owner_client, sagemaker_on):
+    set_budget(owner, "0.05")
+    dataset = make_job(owner).dataset
+    response = owner_client.get("/jobs/new/estimate/", launch_on_sagemaker(owner_client, dataset, g5()))
+    assert response.status_code == 200
+    assert "This job is estimated to cost $" in response.content.decode()
+    assert "of your $0.05 monthly budget" in response.content.decode()
