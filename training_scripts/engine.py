@@ -43,6 +43,8 @@ from transformers import (  # noqa: E402
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=FutureWarning)
 
+# The job page polls every 2 s; a progress line at least this often keeps its bar moving.
+PROGRESS_MAX_INTERVAL_SECONDS = 2.0
 IGNORE = -100
 SCRATCH_EOS = "<|endoftext|>"
 SCRATCH_PAD = "<|pad|>"
@@ -1001,7 +1003,9 @@ def _run(hparams: dict, paths: dict, state) -> int:
             window_loss += step_loss
             window_targets += n_targets
 
-            if step % logging_steps == 0 or step == total_steps or state.stop_requested():
+            # Also report at least every few seconds, so a watcher never sees a frozen bar on slow steps.
+            due = tracker.train_time() - window_start >= PROGRESS_MAX_INTERVAL_SECONDS
+            if step % logging_steps == 0 or due or step == total_steps or state.stop_requested():
                 loss_value = float(window_loss) / window_targets if window_targets else None
                 if loss_value is not None and not math.isfinite(loss_value):
                     raise TrainingError(

@@ -160,7 +160,7 @@ _SPEC: tuple[Param, ...] = (
         "logging_steps",
         "int",
         0,
-        "Emit a progress event every N steps (0 = about 100 per run).",
+        "Emit a progress event every N steps (0 = about 100 per run), and at least every 2 s.",
         min=0,
         max=10_000_000,
     ),

@@ -603,6 +603,33 @@ def test_sigterm_stops_after_current_step(tmp_path):
     assert not any(e["event"] == "done" for e in events)
 
 
+@pytest.mark.slow
+def test_progress_is_reported_every_few_seconds_whatever_logging_steps_says(tmp_path):
+    write_jsonl(tmp_path / "train/train.jsonl", TEXT_ROWS)
+    args = [sys.executable, str(SCRIPT), "--train_dir", tmp_path / "train", "--model_dir", tmp_path / "model"]
+    args += ["--output_dir", tmp_path / "out", *FAST, "--max_steps", "1000000", "--logging_steps", "1000000"]
+    args += ["--validation_split", "0"]
+    proc = subprocess.Popen(
+        [str(a) for a in args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=base_env()
+    )
+    try:
+        arrivals = []
+        for line in proc.stdout:
+            if '"event": "progress"' in line:
+                arrivals.append((time.monotonic(), json.loads(line)["step"]))
+                if len(arrivals) == 3:
+                    break
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(arrivals) == 3
+    (t1, s1), (t2, s2), (t3, s3) = arrivals
+    assert 0 < s1 < s2 < s3 < 1000000
+    assert t3 - t1 < 10
+
+
 # ----------------------------------------------------------------------------- hyperparameters
 
 
