@@ -1,5 +1,5 @@
 # Two commands on a fresh machine with Python 3.11:
-#   make run   - install, migrate, and run web + worker + beat on http://127.0.0.1:8000
+#   make run   - install, migrate, and run web, workers and beat on http://127.0.0.1:8000
 #   make test  - install the dev requirements and run the whole suite
 
 PYTHON ?= python3.11

@@ -1,6 +1,6 @@
-"""`make run`: web, worker and beat of the embedded default in one terminal.
+"""`make run`: web, workers and beat of the embedded default in one terminal.
 
-Ctrl-C (or SIGTERM) stops all three; if any one of them exits, the others are
+Ctrl-C (or SIGTERM) stops them all; if any one of them exits, the others are
 stopped too, so nothing is left running half-alive.
 """
 
@@ -19,15 +19,18 @@ def main(host: str = "127.0.0.1", port: str = "8000") -> int:
     python = sys.executable
     commands = {
         "web": [python, "manage.py", "runserver", "--noreload", f"{host}:{port}"],
-        "worker": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "default,training",
-                   "--concurrency", "2", "-l", "INFO"],
+        "worker": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "default",
+                   "--concurrency", "2", "-n", "default@%h", "-l", "INFO"],
+        # One training at a time: two trainings on the same CPUs slow each other down many times over.
+        "trainer": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "training",
+                    "--concurrency", "1", "-n", "training@%h", "-l", "INFO"],
         "beat": [python, "-m", "celery", "-A", "llmtuner", "beat", "-l", "INFO"],
     }  # fmt: skip
     processes = {
         name: subprocess.Popen(command, start_new_session=True) for name, command in commands.items()
     }
     print(
-        f"\n  LLM Tuner is running on http://{host}:{port}/  (Ctrl-C stops web, worker and beat)\n",
+        f"\n  LLM Tuner is running on http://{host}:{port}/  (Ctrl-C stops web, workers and beat)\n",
         flush=True,
     )
 

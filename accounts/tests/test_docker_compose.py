@@ -24,13 +24,14 @@ def test_every_service_has_a_health_check():
 def test_app_services_run_the_right_programs():
     assert "gunicorn llmtuner.wsgi:application" in SERVICES["web"]["command"]
     assert "migrate" in SERVICES["web"]["command"]
-    assert SERVICES["worker"]["command"].startswith("celery -A llmtuner worker -Q default,training")
+    assert SERVICES["worker"]["command"].startswith("celery -A llmtuner worker -Q default ")
+    assert SERVICES["trainer"]["command"].startswith("celery -A llmtuner worker -Q training --concurrency 1")
     assert SERVICES["beat"]["command"].startswith("celery -A llmtuner beat")
 
 
 def test_app_environment_only_names_variables_that_settings_read():
     read_by_settings = set(re.findall(r'env_\w+\(\s*"([A-Z0-9_]+)"', SETTINGS_SOURCE))
-    for name in ("web", "worker", "beat"):
+    for name in ("web", "worker", "trainer", "beat"):
         environment = SERVICES[name]["environment"]
         unknown = set(environment) - read_by_settings - READ_BY_LIBRARIES
         assert not unknown, f"{name}: {unknown}"
