@@ -39,13 +39,10 @@ def sagemaker_availability() -> tuple[bool, str]:
         logger.exception("the SageMaker backend could not be imported")
         return False, "unavailable: the SageMaker backend failed to load (see the server log)"
     is_configured = getattr(sagemaker, "is_configured", None)
-    if is_configured is None:
-        return False, SAGEMAKER_NOT_CONFIGURED
-    result = is_configured()
-    if isinstance(result, tuple):
-        available, reason = bool(result[0]), str(result[1] or "")
-        return available, reason or ("" if available else SAGEMAKER_NOT_CONFIGURED)
-    return bool(result), "" if result else SAGEMAKER_NOT_CONFIGURED
+    if is_configured is None or not is_configured():
+        explain = getattr(sagemaker, "unavailable_reason", None)
+        return False, (explain() if explain else "") or SAGEMAKER_NOT_CONFIGURED
+    return True, ""
 
 
 def ready_datasets(user) -> QuerySet[Dataset]:

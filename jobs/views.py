@@ -48,8 +48,41 @@ SILENT_AFTER_SECONDS = 15
 UNCLAIMED_AFTER_SECONDS = 30
 
 
-def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
-    jobs = TrainingJob.objects.select_related("base_model", "dataset", "instance_type")
+# What the polled parts read of a job: its progress columns and its instance's price, one
+# narrow query (the whole row with its model and dataset costs several times as much to fetch).
+PROGRESS_FIELDS = (
+    "name",
+    "owner_id",
+    "backend",
+    "status",
+    "status_message",
+    "step",
+    "total_steps",
+    "epoch",
+    "loss",
+    "eval_loss",
+    "tokens_per_second",
+    "eta_seconds",
+    "cost_usd",
+    "instance_count",
+    "estimated_seconds",
+    "created_at",
+    "started_at",
+    "training_started_at",
+    "finished_at",
+    "heartbeat_at",
+    "instance_type__name",
+    "instance_type__price_per_hour_usd",
+)
+
+
+def _get_job_for_user(request: HttpRequest, pk: int, *, fields: tuple[str, ...] = ()) -> TrainingJob:
+    if fields:
+        jobs = TrainingJob.objects.only(*fields)
+        if any(field.startswith("instance_type__") for field in fields):
+            jobs = jobs.select_related("instance_type")
+    else:
+        jobs = TrainingJob.objects.select_related("base_model", "dataset", "instance_type")
     return get_object_or_404(jobs, pk=pk, owner=request.user)
 
 
@@ -271,7 +304,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def progress(request: HttpRequest, pk: int) -> HttpResponse:
     """The polled state of one job: one query for the job, whatever its size; 286 once it is final."""
-    job = _get_job_for_user(request, pk)
+    job = _get_job_for_user(request, pk, fields=PROGRESS_FIELDS)
     response = render(request, "jobs/detail.html#progress", _progress_context(job))
     if job.is_final:
         response.status_code = STOP_POLLING
@@ -282,7 +315,8 @@ def progress(request: HttpRequest, pk: int) -> HttpResponse:
 @require_GET
 def metrics(request: HttpRequest, pk: int) -> JsonResponse:
     """Loss points after the `after` id cursor, as [id, step, loss, eval_loss]; 286 once all are sent."""
-    job = _get_job_for_user(request, pk)  # the state is read first: points are written before a job ends
+    # The state is read first: points are written before a job ends.
+    job = _get_job_for_user(request, pk, fields=("status", "total_steps"))
     after = CursorForm(request.GET).cursor
     points = list(
         MetricPoint.objects.filter(job=job, id__gt=after)
@@ -303,7 +337,7 @@ def metrics(request: HttpRequest, pk: int) -> JsonResponse:
 @require_GET
 def logs(request: HttpRequest, pk: int) -> HttpResponse:
     """Log lines after the `after` sequence number, appended out of band; 286 once all are sent."""
-    job = _get_job_for_user(request, pk)
+    job = _get_job_for_user(request, pk, fields=("status",))
     after = CursorForm(request.GET).cursor
     lines = list(
         LogLine.objects.filter(job=job, seq__gt=after)
@@ -340,7 +374,7 @@ def stop(request: HttpRequest, pk: int) -> HttpResponse:
     stopped = lifecycle.request_stop(job)
     if request.htmx:
         # The progress card comes back in its new state (stopping, or stopped if it was queued).
-        job = _get_job_for_user(request, pk)
+        job = _get_job_for_user(request, pk, fields=PROGRESS_FIELDS)
         response = render(request, "jobs/detail.html#progress", _progress_context(job))
         if job.is_final:
             response.status_code = STOP_POLLING

@@ -128,16 +128,34 @@ def test_a_job_nobody_picks_up_says_so(owner_client, job):
 
 
 @pytest.mark.parametrize("size", [(0, 0), (2000, 500)])
+@pytest.mark.parametrize("status", JobStatus.values)
+@pytest.mark.parametrize("backend", ["local", "sagemaker"])
 def test_the_progress_partial_makes_a_fixed_number_of_queries(
-    owner_client, job, size, django_assert_num_queries
+    owner_client, job, size, status, backend, django_assert_num_queries
 ):
-    set_state(job, JobStatus.TRAINING, step=5, total_steps=20, started_at=timezone.now())
+    instance = InstanceType.objects.create(
+        name="ml.test.xlarge", vcpus=4, memory_gib=16, price_per_hour_usd="3.6000", price_date="2025-01-01"
+    )
+    now = timezone.now()
+    set_state(
+        job,
+        status,
+        backend=backend,
+        instance_type=instance if backend == "sagemaker" else None,
+        step=5,
+        total_steps=20,
+        created_at=now - timedelta(minutes=5),
+        started_at=now,
+        training_started_at=now,
+        heartbeat_at=now - timedelta(minutes=1),
+        estimated_seconds=100,
+    )
     grow(job, *size)
 
     with django_assert_num_queries(PROGRESS_QUERIES):
         response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
 
-    assert response.status_code == 200
+    assert response.status_code == (286 if status in FINAL_STATES else 200)
 
 
 def test_the_progress_partial_opens_no_file(owner_client, job, monkeypatch):
