@@ -88,6 +88,21 @@ def test_an_outsider_cannot_launch_on_someone_elses_dataset(outsider_client, job
     assert TrainingJob.objects.count() == 1
 
 
+def test_an_outsider_cannot_estimate_or_preselect_someone_elses_dataset(outsider_client, outsider, job):
+    make_ready_dataset(outsider, name="Mallory's own")
+
+    estimate = outsider_client.get(
+        "/jobs/new/estimate/",
+        {"dataset": job.dataset_id, "base_model": job.base_model_id, "backend": "local", "preset": "quick"},
+        headers={"HX-Request": "true"},
+    ).content.decode()
+    page = outsider_client.get(f"/jobs/new/?dataset={job.dataset_id}").content.decode()
+
+    assert 'data-error-for="dataset"' in estimate and "data-estimate-steps" not in estimate
+    assert "Proverbs" not in estimate and "Proverbs" not in page
+    assert "Mallory&#x27;s own" in page
+
+
 # --- List ---
 
 
