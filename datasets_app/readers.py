@@ -83,6 +83,10 @@ UNSUPPORTED_EXTENSIONS = {
 SAVE_AS = "Save it as CSV, TSV, JSON, JSON Lines or plain text (UTF-8) and upload that."
 
 
+# Python's JSON decoder recurses once per level; a hostile file nests far deeper than that.
+TOO_DEEP = "nested too deeply (more than about a thousand levels of [ or {)"
+
+
 class PreparationError(Exception):
     """The file as a whole cannot be used; the message says why, for its owner."""
 
@@ -252,7 +256,7 @@ def _looks_like_jsonl(text: str) -> bool:
     line = _first_line(text.lstrip()).strip()
     try:
         return isinstance(json.loads(line), dict)
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
 
 
@@ -304,7 +308,9 @@ def detect_format(filename: str, text_head: str) -> str:
         if stripped.startswith("["):
             return "json"
         if stripped.startswith("{"):
-            return "jsonl" if _looks_like_jsonl(stripped) else "json"
+            # A .jsonl whose first line is longer than the sniffed head cannot be parsed here;
+            # its name says what it is.
+            return "jsonl" if by_name == "jsonl" or _looks_like_jsonl(stripped) else "json"
         if by_name is not None:
             return by_name  # its reader will say what is wrong
     if by_name in ("csv", "tsv"):
@@ -517,6 +523,9 @@ def read_jsonl(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[int, 
         except json.JSONDecodeError as exc:
             yield number, RowError(f"not valid JSON: {exc.msg} (column {exc.colno})")
             continue
+        except RecursionError:
+            yield number, RowError(TOO_DEEP)
+            continue
         if not isinstance(value, dict):
             yield number, RowError(f"expected a JSON object {{...}}, found {_json_type(value)}")
             continue
@@ -595,6 +604,8 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
             try:
                 value, end = raw_decode(buf, pos)
                 break
+            except RecursionError:
+                raise broken(TOO_DEEP, pos) from None
             except json.JSONDecodeError as exc:
                 if eof:
                     raise broken(exc.msg, exc.pos) from None
