@@ -23,7 +23,7 @@ from django.db import transaction
 from . import storage
 from .mapping import MappingError
 from .models import Dataset
-from .preparation import PreparationError, PrepareOptions, inspect_file, prepare
+from .preparation import UNSTORABLE, PreparationError, PrepareOptions, inspect_file, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,25 @@ def create_dataset(
 
 def _show_first_look(dataset: Dataset, seen: dict[str, Any]) -> None:
     """Until preparation is done, the page shows what the first rows look like with these choices."""
-    dataset.stats = {key: seen[key] for key in ("format", "encoding", "columns", "mapping", "shape")}
-    dataset.preview = seen["samples"]
+    dataset.stats = storable(
+        {key: seen[key] for key in ("format", "encoding", "columns", "mapping", "shape")}
+    )
+    dataset.preview = storable(seen["samples"])
+
+
+def storable(value: Any) -> Any:
+    """`value` with NUL and lone surrogates replaced by U+FFFD in every string, keys included.
+
+    A JSON file can spell both (\\u0000, \\ud800) in a key or a value; they end up in the
+    first look, the stats and messages, and PostgreSQL refuses to store either.
+    """
+    if isinstance(value, str):
+        return UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
 
 
 def _queue_preparation(dataset: Dataset) -> None:
@@ -194,7 +211,8 @@ def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None =
             logger.exception("preparing dataset %s failed", dataset.pk)
             _fail(dataset, UNEXPECTED_FAILURE)
             raise
-    if not dataset.mark_ready(train_key, validation_key, result.stats, result.preview, result.index):
+    stats, preview = storable(result.stats), storable(result.preview)
+    if not dataset.mark_ready(train_key, validation_key, stats, preview, result.index):
         # Deleted (or taken over) while we worked: leave nothing behind for a row that is gone.
         if not Dataset.objects.filter(pk=dataset.pk).exists():
             storage.delete_prefix(prefix)
@@ -207,7 +225,7 @@ def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None =
 
 def _fail(dataset: Dataset, reason: str) -> None:
     storage.delete_prefix(dataset.storage_prefix)
-    dataset.mark_failed(reason)
+    dataset.mark_failed(storable(reason))
 
 
 def rename_dataset(dataset: Dataset, name: str) -> None:

@@ -240,6 +240,19 @@ class SplitWriter:
 
 # JSON leaves these raw, but str.splitlines() and some JSONL readers break lines on them.
 _LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
+# Text that cannot be stored: NUL (binary data) and lone UTF-16 surrogates, which a JSON file can
+# spell as \u0000 or \ud800 escapes and which neither UTF-8 nor PostgreSQL accept.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def unstorable_reason(text: str) -> str | None:
+    """Why text cannot be kept (NUL, or broken Unicode), or None."""
+    found = UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
+        return "the sample contains a NUL character (binary data)"
+    return f"the sample contains invalid Unicode (an unpaired surrogate, \\u{ord(found.group()):04x})"
 
 
 def _escape_line_break(match: re.Match) -> str:
@@ -335,8 +348,17 @@ def prepare(
             if len(text) > max_chars:
                 reject(line, f"the sample is {len(text):,} characters, over the limit of {max_chars:,}")
                 continue
-            if "\x00" in text:
-                reject(line, "the sample contains a NUL character (binary data)")
+            problem = unstorable_reason(text)
+            if problem is None:
+                encoded = encode(obj)
+                if not encoded.isascii() and _LINE_BREAKS.search(encoded):
+                    encoded = _LINE_BREAKS.sub(_escape_line_break, encoded)
+                try:
+                    encoded_line = (encoded + "\n").encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate outside the text (a key, a role)
+                    problem = unstorable_reason(encoded)
+            if problem:
+                reject(line, problem)
                 continue
             characters += len(text)
             if len(preview) < keep_preview:
@@ -348,10 +370,7 @@ def prepare(
                 else:
                     train.write(held[0])
                     counter.add(held[1], False)
-            encoded = encode(obj)
-            if not encoded.isascii() and _LINE_BREAKS.search(encoded):
-                encoded = _LINE_BREAKS.sub(_escape_line_break, encoded)
-            held = ((encoded + "\n").encode("utf-8"), text)
+            held = (encoded_line, text)
         if held is not None:
             to_validation = draw() < fraction or (
                 fraction > 0 and validation.samples == 0 and train.samples > 0
@@ -427,6 +446,8 @@ def inspect_file(
         try:
             obj, _ = bound.sample(record)
         except SampleError:
+            continue
+        if unstorable_reason(display_text(obj)):
             continue
         samples.append({"line": line, "text": _truncate(display_text(obj), 150)})
         if len(samples) >= max_rows:
