@@ -477,9 +477,27 @@ def test_sagemaker_entries_of_a_user_must_fit_the_budget_together(
 
     _, err, _ = run_failing(tmp_path / "jobs.yaml")
 
-    assert "entry 1 " not in err
+    assert "entry 1 " not in err  # alone it fits: the launch form's own check passes it
     assert "entry 2 (b): budget: estimated at $" in err
     assert "with the $" in err and "earlier SageMaker entries for alice@example.com" in err
+    assert not TrainingJob.objects.exists()
+
+
+def test_a_sagemaker_entry_the_budget_cannot_pay_is_refused_by_the_launch_forms_check(
+    tmp_path, owner, dataset, sagemaker_settings
+):
+    profile = get_profile(owner)
+    profile.monthly_budget_usd = Decimal("0.01")
+    profile.save()
+    write(
+        tmp_path / "jobs.yaml",
+        f"jobs: [{{name: a, user: {owner.email}, dataset: {dataset.pk}, base_model: scratch:tiny-gpt2, "
+        "backend: sagemaker, instance_type: ml.g5.xlarge}]\n",
+    )
+
+    _, err, _ = run_failing(tmp_path / "jobs.yaml")
+
+    assert "entry 1 (a): This job is estimated to cost $" in err and "of your $0.01 monthly budget" in err
     assert not TrainingJob.objects.exists()
 
 
@@ -487,6 +505,7 @@ def test_an_entry_submitted_meanwhile_by_another_run_counts_as_already_submitted
     plan = manifest.check_manifest(good_manifest)
     assert plan.valid
     run(good_manifest)  # the other run
+    datasets = Dataset.objects.count()
 
     manifest.import_datasets(plan)
     manifest.recheck(plan)
@@ -494,3 +513,4 @@ def test_an_entry_submitted_meanwhile_by_another_run_counts_as_already_submitted
 
     assert [entry.state for entry in plan.entries] == [manifest.ALREADY, manifest.ALREADY]
     assert TrainingJob.objects.count() == 2
+    assert Dataset.objects.count() == datasets  # the file the other run imported is reused
