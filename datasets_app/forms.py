@@ -6,6 +6,7 @@ from django.template.defaultfilters import filesizeformat
 from datasets_app.actions import ReadOptions
 from datasets_app.mapping import MappingError, parse_mapping
 from datasets_app.models import Dataset
+from llmtuner.validators import no_control_characters
 
 MAPPING_HELP = (
     "Leave empty to choose automatically. Or: all-columns · text:COLUMN · "
@@ -67,7 +68,12 @@ class ReadOptionsForm(forms.Form):
 
 class UploadForm(ReadOptionsForm):
     file = forms.FileField(label="File", allow_empty_file=True)
-    name = forms.CharField(required=False, max_length=200, help_text="Defaults to the file's name.")
+    name = forms.CharField(
+        required=False,
+        max_length=200,
+        help_text="Defaults to the file's name.",
+        validators=[no_control_characters],
+    )
 
     field_order = ["file", "name", "format", "txt_mode", "mapping", "validation_percent"]
 
@@ -96,7 +102,7 @@ class UploadForm(ReadOptionsForm):
 
 
 class RenameForm(forms.Form):
-    name = forms.CharField(max_length=200)
+    name = forms.CharField(max_length=200, validators=[no_control_characters])
 
     def clean_name(self) -> str:
         name = self.cleaned_data["name"].strip()

@@ -13,6 +13,7 @@ from datasets_app.models import Dataset
 from jobs import presets, pricing
 from jobs.estimate import Estimate, estimate_job
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from llmtuner.validators import no_control_characters
 from training_scripts.hyperparameters import DEFAULTS, HYPERPARAMETERS, Param, validate_hyperparameters
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,10 @@ def as_form_value(param: Param, value: Any) -> Any:
 
 class NewJobForm(forms.Form):
     name = forms.CharField(
-        max_length=200, required=False, help_text="Leave empty to name it after the dataset and the model."
+        max_length=200,
+        required=False,
+        help_text="Leave empty to name it after the dataset and the model.",
+        validators=[no_control_characters],
     )
     dataset = DatasetChoiceField(queryset=Dataset.objects.none(), empty_label=None)
     base_model = BaseModelChoiceField(

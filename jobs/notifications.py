@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from accounts.models import get_profile
 from jobs.models import FINAL_STATES, TrainingJob
+from llmtuner.validators import one_line
 
 
 def send_job_finished_email(job_id: int) -> bool:
@@ -21,7 +22,8 @@ def send_job_finished_email(job_id: int) -> bool:
         return False
     context = {"job": job, "url": f"{settings.SITE_URL}{job.get_absolute_url()}"}
     send_mail(
-        subject=f"Your training job “{job.name}” {job.get_status_display().lower()}",
+        # One line whatever the name holds: a line break in a header would lose the email.
+        subject=one_line(f"Your training job “{job.name}” {job.get_status_display().lower()}"),
         message=render_to_string("jobs/email/job_finished.txt", context),
         from_email=None,
         recipient_list=[job.owner.email],
