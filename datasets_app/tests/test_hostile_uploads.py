@@ -363,6 +363,14 @@ CASES = [
         fields={"name": "a\x00b"},
     ),
     Case(
+        "line-break-in-name-field",
+        "data.csv",
+        lambda: GOOD_CSV,
+        REFUSED,
+        "control characters",
+        fields={"name": "Quarterly\r\nBcc: x@example.com"},
+    ),
+    Case(
         "name-of-10k-chars",
         "data.csv",
         lambda: GOOD_CSV,
