@@ -280,6 +280,16 @@ class StubAccount:
             return self._error("ValidationException", "Requested resource not found.", 400)
         return dict(job)
 
+    def _CreateTrainingJob(self, params):
+        name = params["TrainingJobName"]
+        if name in self.jobs:
+            return self._error("ResourceInUse", f"Training job names must be unique: {name}", 400)
+        self.add_job(name, "Starting")
+        self.jobs[name]["OutputDataConfig"] = params["OutputDataConfig"]
+        self.jobs[name]["ResourceConfig"] = params["ResourceConfig"]
+        self.jobs[name].pop("TrainingStartTime", None)
+        return {"TrainingJobArn": self.jobs[name]["TrainingJobArn"]}
+
     def _StopTrainingJob(self, params):
         self.change(params["TrainingJobName"], "Stopping", "Stopping")
         return {}
