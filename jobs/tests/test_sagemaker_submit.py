@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from decimal import Decimal
 
 import boto3
@@ -35,7 +36,7 @@ from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     sagemaker_settings,
 )
 from training_scripts.hyperparameters import to_sagemaker_hyperparameters, validate_hyperparameters
-from training_scripts.progress import METRIC_DEFINITIONS
+from training_scripts.progress import METRIC_DEFINITIONS, format_event
 
 pytestmark = pytest.mark.django_db
 
@@ -483,3 +484,41 @@ def test_a_stop_that_comes_during_submission_stops_the_new_job(owner, moto, monk
     monkeypatch.setattr(moto.sagemaker, "stop_training_job", lambda **params: stopped.append(params))
     sm.submit_job(job.pk)
     assert stopped == [{"TrainingJobName": f"llmtuner-job-{job.pk}-1"}]
+
+
+# --- end to end on moto: submit, logs in CloudWatch, one poll ---------------------------------------
+
+
+def test_a_job_submitted_then_polled_reads_its_cloudwatch_log_and_completes(owner, moto):
+    job = sagemaker_job(owner, running=False)
+    sm.submit_job(job.pk)
+    job.refresh_from_db()
+    logs = boto3.client("logs", region_name=REGION)
+    logs.create_log_group(logGroupName=sm.LOG_GROUP)
+    stream = f"{job.sagemaker_job_name}/algo-1-1700000000"
+    logs.create_log_stream(logGroupName=sm.LOG_GROUP, logStreamName=stream)
+    lines = [
+        "Running Basic Script driver",
+        format_event("start", total_steps=30, epochs=1),
+        format_event("progress", step=30, total_steps=30, epoch=1.0, loss=1.75),
+        format_event("done", step=30, total_steps=30, train_loss=1.8),
+    ]
+    logs.put_log_events(
+        logGroupName=sm.LOG_GROUP,
+        logStreamName=stream,
+        # CloudWatch (and moto) drop events older than 14 days.
+        logEvents=[
+            {"timestamp": int(time.time() * 1000) + i, "message": line} for i, line in enumerate(lines)
+        ],
+    )
+
+    report = sm.poll_jobs(sleep=lambda seconds: None)  # moto's training jobs complete at once
+    job.refresh_from_db()
+
+    assert report.described == 1 and report.finished == 1
+    assert job.status == JobStatus.COMPLETED, job.status_message
+    assert job.status_message.startswith("Completed on SageMaker")
+    assert (job.step, job.loss, job.metrics["train_loss"]) == (30, 1.75, 1.8)
+    assert job.log_lines.filter(text="Running Basic Script driver").exists()
+    assert job.model_artifacts_uri.startswith("s3://")
+    assert job.sagemaker_log_state["streams"][stream]
