@@ -432,7 +432,9 @@ def _named_trainer_class():
 def _quiet_sdk_debug_logs() -> Iterator[None]:
     # At DEBUG the SDK and botocore print whole requests, the job's environment
     # (HF_TOKEN) included; never let them while a job is created.
-    loggers = [logging.getLogger(name) for name in ("sagemaker", "botocore", "boto3", "urllib3")]
+    families = ("sagemaker", "botocore", "boto3", "urllib3")
+    names = [name for name in logging.Logger.manager.loggerDict if name.split(".")[0] in families]
+    loggers = [logging.getLogger(name) for name in {*families, *names}]
     levels = [one.level for one in loggers]
     for one in loggers:
         one.setLevel(max(logging.INFO, one.getEffectiveLevel()))
@@ -523,6 +525,8 @@ def submit_job(job_id: int) -> None:
     job.sagemaker_job_name = name
     submission = None
     try:
+        if not is_configured():
+            raise SageMakerError(f"SageMaker is {unavailable_reason()}.")
         submission = build_submission(job, data_channels(job), aws().region)
         launch(submission, aws().session)
     except SageMakerError as error:

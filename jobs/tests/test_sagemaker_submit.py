@@ -230,6 +230,13 @@ def test_hf_token_travels_as_an_environment_variable_never_a_hyperparameter_nor_
     monkeypatch.setenv("HF_TOKEN", "hf_secret_do_not_log")
     job = sagemaker_job(owner, running=False, hyperparameters={"base_model": "distilgpt2", "epochs": 1})
     caplog.set_level(logging.DEBUG)
+    for name in (
+        "botocore.endpoint",
+        "botocore.hooks",
+        "sagemaker.core.utils.utils",
+        "sagemaker.core.resources",
+    ):
+        caplog.set_level(logging.DEBUG, logger=name)  # even where someone turned debug logging on
     sm.submit_job(job.pk)
 
     [request] = requests_sent
@@ -367,6 +374,15 @@ def test_retry_delays_grow_with_jitter():
     assert all(1 <= delay <= 300 for delay in delays)
     assert max(sm.retry_delay(0) for _ in range(50)) <= 10
     assert len({round(delay, 3) for delay in delays}) > 100  # jittered
+
+
+def test_a_job_left_queued_when_sagemaker_was_switched_off_fails_saying_so(owner, fake_aws, settings):
+    job = sagemaker_job(owner, running=False)
+    settings.SAGEMAKER_ROLE_ARN = ""
+    sm.submit_job(job.pk)
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.status_message.startswith("SageMaker is not configured: set SAGEMAKER_ROLE_ARN")
 
 
 def test_missing_credentials_fail_the_job_with_how_to_set_them(owner, sagemaker_settings, monkeypatch):
