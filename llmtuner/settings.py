@@ -117,6 +117,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "accounts.middleware.GoogleOnlyWhenConfiguredMiddleware",
 ]
 
 ROOT_URLCONF = "llmtuner.urls"
