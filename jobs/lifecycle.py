@@ -19,6 +19,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from llmtuner.redact import redact
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ def transition(
     now = timezone.now()
     updates = {"status": target, **fields}
     if message is not None:
+        message = redact(message)
         updates["status_message"] = message[:1000]
     if target == S.PREPARING:
         updates.update(started_at=now, heartbeat_at=now)
@@ -166,7 +168,8 @@ def _record_eval(job_id: int, event: dict) -> None:
 
 def append_log(job_id: int, lines: list[str]) -> None:
     """Add lines to the job's log tail in the database, keeping the last LOG_TAIL_LINES."""
-    lines = [line.rstrip()[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
+    # A script or a library may print a token; what the owner reads and we keep never holds one.
+    lines = [redact(line.rstrip())[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
     if not lines:
         return
     with transaction.atomic():

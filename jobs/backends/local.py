@@ -28,6 +28,7 @@ from django.conf import settings
 from datasets_app import storage
 from jobs import lifecycle
 from jobs.models import JobStatus, TrainingJob
+from llmtuner.redact import redact
 
 logger = logging.getLogger(__name__)
 SCRIPT = Path(settings.BASE_DIR) / "training_scripts" / "finetune.py"
@@ -221,6 +222,7 @@ class LocalRun:
         lifecycle.transition(self.job.pk, JobStatus.FAILED, message)
 
     def _log(self, line: str) -> None:
+        line = redact(line)  # the full log is kept in storage too
         self.pending_log.append(line)
         with open(self.log_path, "a", encoding="utf-8") as log:
             log.write(line.rstrip("\n") + "\n")
