@@ -113,6 +113,7 @@ def _cost_display(job: TrainingJob, now: datetime) -> str:
 
 def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
     """Attach what the templates show (durations, cost, warnings), all from the row itself."""
+    job.url = job.get_absolute_url()  # the page's own URLs hang below it: one reverse, not eight
     job.elapsed_seconds = _elapsed_seconds(job, now)
     job.elapsed_display = format_duration(job.elapsed_seconds)
     job.eta_display = format_duration(job.eta_seconds) if job.eta_seconds is not None else ""
