@@ -266,6 +266,22 @@ def _describe(event: dict) -> str:
         return f"eval at step {event.get('step')}: loss {_fmt(event.get('eval_loss'))}"
     if kind == "error":
         return f"error: {event.get('message')}"
+    if kind == "start":
+        return (
+            f"training {event.get('total_steps')} steps on {event.get('samples')} samples "
+            f"({event.get('tokens')} tokens), {event.get('trainable_parameters')} trainable parameters "
+            f"on {event.get('device')} ({event.get('precision')})"
+        )
+    if kind == "done":
+        return (
+            f"done: training loss {_fmt(event.get('train_loss'))}, eval loss {_fmt(event.get('eval_loss'))}, "
+            f"perplexity {_fmt(event.get('perplexity'))}, {_fmt(event.get('tokens_per_second'))} tokens/s"
+        )
+    if kind == "stopped":
+        saved = "model so far saved" if event.get("model_saved") else "nothing saved"
+        return f"stopped at step {event.get('step')} ({saved})"
+    if kind == "checkpoint":
+        return f"checkpoint at step {event.get('step')}"
     return json.dumps(event)
 
 
