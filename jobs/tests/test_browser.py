@@ -72,7 +72,7 @@ def fill_new_job(page, dataset: Dataset, *, max_steps: int, logging_steps: int) 
 def test_train_the_scratch_model_on_an_uploaded_csv_and_watch_it(celery_worker_process, page):
     make_user("alice@example.com")
     log_in(page, "alice@example.com")
-    dataset = upload_and_wait_until_ready(celery_worker_process, page)
+    dataset = upload_and_wait_until_ready(page, celery_worker_process)
 
     fill_new_job(page, dataset, max_steps=60, logging_steps=2)
     page.locator("[data-estimate-errors]").wait_for(state="detached")
@@ -119,7 +119,7 @@ def test_train_the_scratch_model_on_an_uploaded_csv_and_watch_it(celery_worker_p
 def test_stop_a_job_while_it_trains(celery_worker_process, page):
     make_user("alice@example.com")
     log_in(page, "alice@example.com")
-    dataset = upload_and_wait_until_ready(celery_worker_process, page)
+    dataset = upload_and_wait_until_ready(page, celery_worker_process)
     fill_new_job(page, dataset, max_steps=100_000, logging_steps=1)
     page.locator("[data-launch]").click()
     page.wait_for_url("**/jobs/*/")
