@@ -127,7 +127,8 @@ def test_in_progress_to_completed_with_progress_logs_chart_and_cost(owner, stubs
     # Logged the way the local backend logs the same lines.
     lines = list(job.log_lines.values_list("text", flat=True))
     assert lines[-3] == "Installing requirements"
-    assert lines[-2].startswith('{"event": "start", "total_steps": 30')
+    assert lines[-2] == sm.describe_event({"event": "start", "total_steps": 30, "epochs": 1, "samples": 60})
+    assert lines[-2].startswith("training 30 steps on 60 samples")
     assert lines[-1] == "step 10/30 loss 2.5 lr 0.003 - tokens/s"
     assert job.sagemaker_log_state["streams"] == {stream: "f/3"}
     assert job.training_started_at == T0 - timedelta(minutes=8)
