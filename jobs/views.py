@@ -23,7 +23,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.models import get_profile
 from datasets_app import storage
-from jobs import actions, lifecycle
+from jobs import actions, lifecycle, pricing
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -101,13 +101,8 @@ def _cost_display(job: TrainingJob, now: datetime) -> str:
     cost = job.cost_usd or Decimal(0)
     if not job.is_final and job.instance_type and job.training_started_at:
         # Between two runs of the cost poller, the cost so far is worked out from the clock.
-        try:
-            from jobs.pricing import running_cost
-        except ImportError:
-            pass
-        else:
-            so_far = running_cost(job.instance_type, job.instance_count, job.training_started_at, now)
-            cost = max(cost, so_far)
+        so_far = pricing.running_cost(job.instance_type, job.instance_count, job.training_started_at, now)
+        cost = max(cost, so_far)
     return f"${cost:.2f}"
 
 
