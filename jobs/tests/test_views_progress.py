@@ -109,6 +109,25 @@ def test_a_sagemaker_job_shows_its_cost_so_far(owner_client, job):
     assert "data-cost>$1.23<" in page
 
 
+def test_a_running_sagemaker_job_counts_its_cost_from_the_clock_between_polls(owner_client, job):
+    instance = InstanceType.objects.create(
+        name="ml.test.xlarge", vcpus=4, memory_gib=16, price_per_hour_usd="3.6000", price_date="2025-01-01"
+    )
+    set_state(
+        job,
+        JobStatus.TRAINING,
+        backend="sagemaker",
+        instance_type=instance,
+        instance_count=2,
+        cost_usd=Decimal("1.0000"),  # what the poller wrote a while ago
+        training_started_at=timezone.now() - timedelta(minutes=30),
+    )
+
+    page = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX).content.decode()
+
+    assert "data-cost>$3.60<" in page  # half an hour of two instances at $3.60/h
+
+
 def test_a_silent_worker_is_shown_not_hidden(owner_client, job):
     set_state(
         job, JobStatus.TRAINING, heartbeat_at=timezone.now() - timedelta(seconds=40), step=3, total_steps=9
