@@ -13,12 +13,16 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
+from django.utils import timezone
+
+from llmtuner import broker
 
 from . import storage
 from .mapping import MappingError
@@ -146,8 +150,41 @@ def _queue_preparation(dataset: Dataset) -> None:
 
     task_id = str(uuid.uuid4())
     dataset.queue_preparation(task_id)
-    # The id is on the row before the message exists; the message leaves after commit.
-    prepare_dataset.apply_async_on_commit((dataset.pk,), task_id=task_id, queue="default")
+    # The id is on the row before the message exists; the message leaves after commit. If the
+    # broker is down, the dataset stays queued and `resend_lost_preparations` sends it later.
+    broker.send_on_commit(prepare_dataset, (dataset.pk,), task_id, queue="default")
+
+
+def resend_lost_preparations(now: datetime | None = None) -> list[int]:
+    """Queue again the datasets waiting for a preparation task the broker lost (see jobs' reaper)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.QUEUED_JOB_RESEND_SECONDS)
+    waiting = list(
+        Dataset.objects.filter(status=Dataset.Status.UPLOADED, updated__lt=cutoff).values_list(
+            "pk", "task_id"
+        )
+    )
+    if not waiting:
+        return []
+    held = broker.messages_in_broker()
+    if held is None:
+        return []
+    resent = []
+    for dataset_id, task_id in waiting:
+        if task_id and task_id in held:
+            continue
+        with transaction.atomic():
+            dataset = (
+                Dataset.objects.select_for_update()
+                .filter(pk=dataset_id, status=Dataset.Status.UPLOADED, task_id=task_id)
+                .first()
+            )
+            if dataset is None:
+                continue
+            _queue_preparation(dataset)
+        logger.warning("dataset %s was queued but not in the broker; sent again", dataset_id)
+        resent.append(dataset_id)
+    return resent
 
 
 def prepare_again(dataset: Dataset, options: ReadOptions, queue: bool = True) -> None:

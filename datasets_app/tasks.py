@@ -11,3 +11,8 @@ from datasets_app import actions
 def prepare_dataset(dataset_id: int) -> None:
     # Claims the row itself (a conditional update), so a repeated message does nothing.
     actions.run_preparation(dataset_id)
+
+
+@shared_task(ignore_result=True)
+def resend_lost_preparations() -> None:
+    actions.resend_lost_preparations()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from jobs import lifecycle, notifications, playground
+from jobs import backends, lifecycle, notifications, playground
 from jobs.backends import local, sagemaker
 
 
@@ -17,6 +17,11 @@ def run_local_job(job_id: int) -> None:
 @shared_task(ignore_result=True)
 def reap_stale_jobs() -> None:
     lifecycle.reap_stale_jobs()
+
+
+@shared_task(ignore_result=True)
+def resend_lost_jobs() -> None:
+    backends.resend_lost_jobs()
 
 
 @shared_task(ignore_result=True)

@@ -330,6 +330,14 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 }
 # A local job whose worker has not written a heartbeat for this long is failed.
 LOCAL_JOB_HEARTBEAT_TIMEOUT = env_int("LOCAL_JOB_HEARTBEAT_TIMEOUT", 60, 10)
+# A job still queued after this long whose task the broker no longer holds (Redis restarted
+# without persistence, or was down when the job was launched) is sent again.
+QUEUED_JOB_RESEND_SECONDS = env_int("QUEUED_JOB_RESEND_SECONDS", 120, 10)
+CELERY_BEAT_SCHEDULE["resend-lost-jobs"] = {"task": "jobs.tasks.resend_lost_jobs", "schedule": 60.0}
+CELERY_BEAT_SCHEDULE["resend-lost-preparations"] = {
+    "task": "datasets_app.tasks.resend_lost_preparations",
+    "schedule": 60.0,
+}
 # Playground: each worker process keeps at most this many models loaded (least
 # recently used goes first), and keeps downloaded tuned models on disk here.
 PLAYGROUND_CACHE_MODELS = env_int("PLAYGROUND_CACHE_MODELS", 2, 1)
