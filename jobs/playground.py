@@ -28,11 +28,11 @@ from urllib.parse import urlparse
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files.storage import storages
-from django.db import transaction
 from django.utils import timezone
 
 from datasets_app import storage
 from jobs.models import Backend, JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
+from llmtuner import broker
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,8 @@ def submit_prompt(
         base_label=base_label(job),
         celery_task_id=task_id,
     )
-    transaction.on_commit(lambda: tasks.run_playground.apply_async((run.pk,), task_id=task_id))
+    # With the broker down, the run waits queued and the stale-run reaper fails it visibly.
+    broker.send_on_commit(tasks.run_playground, (run.pk,), task_id)
     return run
 
 

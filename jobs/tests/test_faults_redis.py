@@ -20,11 +20,18 @@ from django.utils import timezone
 
 from datasets_app.actions import resend_lost_preparations
 from datasets_app.models import Dataset
-from jobs import actions
+from jobs import actions, playground
 from jobs.backends import queue_job, resend_lost_jobs
-from jobs.models import JobStatus, LogLine, TrainingJob
+from jobs.models import JobStatus, LogLine, PlaygroundRun, PlaygroundStatus, TrainingJob
 from jobs.tests.conftest import TINY_HYPERPARAMETERS, make_job, make_ready_dataset, scratch_base_model
-from jobs.tests.throwaway import ThrowawayRedis, celery_app_on, start_worker, stop_process_group, wait_for
+from jobs.tests.throwaway import (
+    ThrowawayRedis,
+    celery_app_on,
+    free_port,
+    start_worker,
+    stop_process_group,
+    wait_for,
+)
 from llmtuner import broker
 
 pytestmark = [pytest.mark.services, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
@@ -157,3 +164,24 @@ def test_the_reapers_of_lost_jobs_and_preparations_run_every_minute():
     entry = settings.CELERY_BEAT_SCHEDULE["resend-lost-preparations"]
     assert entry == {"task": "datasets_app.tasks.resend_lost_preparations", "schedule": 60.0}
     assert settings.QUEUED_JOB_RESEND_SECONDS <= 300
+
+
+def test_a_prompt_sent_while_the_broker_is_down_waits_then_fails_visibly(owner):
+    job = make_job(owner, status=JobStatus.COMPLETED, model_prefix=f"users/{owner.pk}/jobs/1/model")
+    client = Client()
+    client.force_login(owner)
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+
+    with celery_app_on(nobody):
+        data = {"prompt": "Hello", "max_new_tokens": "8", "temperature": "0", "top_p": "1"}
+        response = client.post(f"/jobs/{job.pk}/playground/", data)
+
+    assert response.status_code == 302
+    run = PlaygroundRun.objects.get()
+    assert run.status == PlaygroundStatus.QUEUED
+    PlaygroundRun.objects.filter(pk=run.pk).update(
+        created_at=timezone.now() - playground.QUEUED_TIMEOUT - timedelta(minutes=1)
+    )
+    assert playground.fail_stale_runs() == [run.pk]
+    run.refresh_from_db()
+    assert run.status == PlaygroundStatus.FAILED and "No worker picked this prompt up" in run.error
