@@ -77,6 +77,7 @@ def test_detail_shows_stats_rejected_rows_histogram_and_preview(owner_client, re
     assert "Māori Authorities" in page
     assert '<code>all-columns</code> <span class="muted">(chosen automatically)</span>' in page
     assert 'hx-trigger="every 2s"' not in page  # final: nothing polls
+    assert f'href="/jobs/new/?dataset={ready_dataset.pk}">Train a model on it</a>' in page
 
 
 def test_every_value_is_html_escaped(owner_client, owner):
