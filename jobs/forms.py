@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 from typing import Any
 
 from django import forms
@@ -149,6 +150,20 @@ class NewJobForm(forms.Form):
         label="Instance type",
         help_text="Only for SageMaker.",
     )
+    max_cost_usd = forms.DecimalField(
+        required=False,
+        min_value=Decimal("0.01"),
+        max_digits=10,
+        decimal_places=2,
+        label="Cost cap (US$)",
+        help_text="Only for SageMaker. AWS stops the job when it has cost this much. "
+        "Empty: what is left of your monthly budget.",
+    )
+    use_spot = forms.BooleanField(
+        required=False,
+        label="Use spot instances",
+        help_text="Only for SageMaker. Up to about 70 % cheaper; AWS may interrupt and restart the job.",
+    )
     preset = forms.ChoiceField(
         choices=presets.PRESET_CHOICES, initial=presets.AUTOMATIC, required=False, widget=forms.RadioSelect
     )
@@ -240,7 +255,8 @@ class NewJobForm(forms.Form):
             if not data.get("instance_type"):
                 self.add_error("instance_type", "Choose an instance type to train on SageMaker.")
         else:
-            data["instance_type"] = None
+            # This machine costs nothing: a cap or spot would mean nothing there.
+            data.update(instance_type=None, max_cost_usd=None, use_spot=False)
         dataset = data.get("dataset")
         if not errors and dataset is not None and base_model is not None and "backend" in data:
             self.estimate = estimate_for(
@@ -251,6 +267,13 @@ class NewJobForm(forms.Form):
                 refusal = pricing.check_budget(self.user, self.estimate.cost_usd)
                 if refusal:
                     self.add_error(None, refusal)
+                cap = data.get("max_cost_usd")
+                if cap is not None and cap < self.estimate.cost_usd:
+                    self.add_error(
+                        "max_cost_usd",
+                        f"The estimate is ${self.estimate.cost_usd:.2f}; a ${cap:.2f} cap would stop the job "
+                        "before it finishes. Raise the cap or train for fewer steps.",
+                    )
         return data
 
     def job_name(self) -> str:
@@ -332,6 +355,8 @@ def initial_from_job(job: TrainingJob, user) -> dict[str, Any]:
         "base_model": job.base_model,
         "backend": job.backend,
         "instance_type": job.instance_type,
+        "max_cost_usd": job.max_cost_usd,
+        "use_spot": job.use_spot,
         "preset": presets.CUSTOM,
     }
     for name in HYPERPARAMETER_FIELDS:

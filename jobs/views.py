@@ -221,6 +221,8 @@ def new_job(request: HttpRequest) -> HttpResponse:
                 method=data["hyperparameters"]["method"],
                 hyperparameters=data["hyperparameters"],
                 instance_type=data["instance_type"],
+                max_cost_usd=data["max_cost_usd"],
+                use_spot=data["use_spot"],
             )
             messages.success(request, f"“{job.name}” is queued.")
             return redirect(job)

@@ -269,3 +269,27 @@ def test_the_live_estimate_shows_the_budget_refusal(owner, owner_client, sagemak
     assert response.status_code == 200
     assert "This job is estimated to cost $" in response.content.decode()
     assert "of your $0.05 monthly budget" in response.content.decode()
+
+
+def test_a_cost_cap_and_spot_from_the_form_reach_the_job(
+    owner, owner_client, sagemaker_on, django_capture_on_commit_callbacks
+):
+    set_budget(owner, "500")
+    dataset = make_job(owner).dataset
+    data = {**launch_on_sagemaker(owner_client, dataset, g5()), "max_cost_usd": "400", "use_spot": "on"}
+    with django_capture_on_commit_callbacks():
+        response = owner_client.post("/jobs/new/", data)
+    assert response.status_code == 302
+    job = TrainingJob.objects.get(backend=Backend.SAGEMAKER)
+    assert job.max_cost_usd == Decimal("400")
+    assert job.use_spot is True
+
+
+def test_a_cost_cap_below_the_estimate_is_refused_with_the_figures(owner, owner_client, sagemaker_on):
+    set_budget(owner, "500")
+    dataset = make_job(owner).dataset
+    data = {**launch_on_sagemaker(owner_client, dataset, g5()), "max_cost_usd": "0.01"}
+    response = owner_client.post("/jobs/new/", data)
+    assert response.status_code == 400
+    assert "a $0.01 cap would stop the job before it finishes" in response.content.decode()
+    assert not TrainingJob.objects.filter(backend=Backend.SAGEMAKER).exists()
