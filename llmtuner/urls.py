@@ -13,3 +13,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
 ]
+
+# Shown when the database itself is failing, so it needs neither the database nor the session.
+handler500 = "llmtuner.errors.server_error"
