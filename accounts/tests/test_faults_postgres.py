@@ -1,0 +1,140 @@
+"""PostgreSQL restarts under a running web process (gunicorn, production settings, persistent
+connections): requests made while it is down get a 503 page quickly, and the web process serves
+again as soon as it is back, without being restarted.
+
+The database is a throwaway server on a free port (never the shared 5432).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from conftest import PASSWORD
+from jobs.tests.throwaway import ThrowawayPostgres, free_port, stop_process_group, wait_for
+
+pytestmark = [pytest.mark.services, pytest.mark.slow]
+
+BASE_DIR = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def postgres():
+    server = ThrowawayPostgres()
+    try:
+        server.start()
+        server.psql("CREATE DATABASE llmtuner_fault")
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def web(postgres, tmp_path):
+    port = free_port()
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "PYTHONPATH")
+    env = {name: os.environ[name] for name in keep if name in os.environ}
+    env.update(
+        DJANGO_SETTINGS_MODULE="llmtuner.settings",
+        DEBUG="false",
+        SECRET_KEY="fault-test-secret-key-that-is-long-and-random-enough-0123456789",
+        ALLOWED_HOSTS="127.0.0.1",
+        HTTPS="false",
+        BEHIND_PROXY="false",
+        DATABASE_URL=postgres.url("llmtuner_fault"),
+        CONN_MAX_AGE="600",  # one persistent connection, which the restart will break
+        CACHE_URL="locmem://",
+        ACCOUNT_EMAIL_VERIFICATION="none",
+        LLMTUNER_VAR_DIR=str(tmp_path / "var"),
+        PYTHONUNBUFFERED="1",
+    )
+    manage = [sys.executable, "manage.py"]
+    for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+        subprocess.run(
+            [*manage, *command], cwd=BASE_DIR, env=env, check=True, capture_output=True, timeout=300
+        )
+    create = "from conftest import make_user; make_user('alice@example.com')"
+    subprocess.run([*manage, "shell", "-c", create], cwd=BASE_DIR, env=env, check=True, timeout=120)
+    log = tmp_path / "gunicorn.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "llmtuner.wsgi", "--bind", f"127.0.0.1:{port}",
+             "--workers", "1", "--threads", "1", "--timeout", "60"],
+            cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: _answers(f"{base}/health/"), 60, "gunicorn to start", log)
+        process.base, process.log = base, log
+        yield process
+    finally:
+        stop_process_group(process)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=2).status_code == 200
+    except requests.ConnectionError:
+        return False
+
+
+def logged_in(base: str) -> requests.Session:
+    session = requests.Session()
+    session.get(f"{base}/accounts/login/", timeout=10)
+    response = session.post(
+        f"{base}/accounts/login/",
+        {
+            "login": "alice@example.com",
+            "password": PASSWORD,
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+        },
+        timeout=10,
+        allow_redirects=False,
+    )
+    assert response.status_code == 302 and response.headers["Location"] == "/dashboard/", response.text[:500]
+    return session
+
+
+def processes(web) -> set[int]:
+    master = psutil.Process(web.pid)
+    return {master.pid, *(child.pid for child in master.children(recursive=True))}
+
+
+def test_a_database_restart_costs_only_the_requests_made_while_it_is_down(postgres, web):
+    session = logged_in(web.base)
+    assert session.get(f"{web.base}/dashboard/", timeout=10).status_code == 200
+    serving = processes(web)
+
+    # A quick restart between two requests: the web process's connection is dead, and the
+    # next request must not be the one to find out (CONN_HEALTH_CHECKS).
+    postgres.stop("immediate")
+    postgres.start()
+    response = session.get(f"{web.base}/dashboard/", timeout=10)
+    assert response.status_code == 200, response.text[:500]
+
+    # Down for a while, with people using it: a 503 page, quickly, no traceback, nothing hangs.
+    postgres.stop("immediate")
+    for path in ("/dashboard/", "/jobs/", "/datasets/"):
+        started = time.monotonic()
+        response = session.get(f"{web.base}{path}", timeout=30)
+        assert time.monotonic() - started < 10
+        assert response.status_code == 503, (path, response.status_code, response.text[:500])
+        assert "Back in a moment" in response.text and "Traceback" not in response.text
+        assert response.headers["Retry-After"] == "10"
+        assert "Content-Security-Policy" in response.headers
+    health = requests.get(f"{web.base}/health/", timeout=30)
+    assert health.status_code == 503 and health.json()["database"].startswith("error")
+
+    postgres.start()
+    response = session.get(f"{web.base}/dashboard/", timeout=10)
+    assert response.status_code == 200, response.text[:500]
+    assert "alice@example.com" in response.text  # the same session, still signed in
+    assert requests.get(f"{web.base}/health/", timeout=10).json()["database"] == "ok"
+    assert processes(web) == serving  # recovered by itself: the same master, the same worker
