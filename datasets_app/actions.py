@@ -109,7 +109,15 @@ def create_dataset(
         size_bytes=upload.size,
     )
     _show_first_look(dataset, seen)
-    key = storage.save(dataset.storage_prefix + "raw", upload)
+    try:
+        key = storage.save(dataset.storage_prefix + "raw", upload)
+    except storage.STORAGE_ERRORS as error:
+        logger.warning("storing an upload under %s failed: %r", dataset.storage_prefix, error)
+        _remove_quietly(dataset.storage_prefix)
+        raise PreparationError(
+            f"The file could not be stored: our file storage did not answer ({storage.describe(error)}). "
+            "Nothing was kept; please upload it again in a moment."
+        ) from error
     try:
         with transaction.atomic():
             dataset.raw_file = key
@@ -117,7 +125,7 @@ def create_dataset(
             if queue:
                 _queue_preparation(dataset)
     except BaseException:
-        storage.delete_prefix(dataset.storage_prefix)
+        _remove_quietly(dataset.storage_prefix)
         raise
     return dataset
 
@@ -191,8 +199,14 @@ def prepare_again(dataset: Dataset, options: ReadOptions, queue: bool = True) ->
     """New reading choices for a stored upload: check them on its first rows, then queue a preparation."""
     if not dataset.can_prepare_again:
         raise PreparationError("This dataset is being prepared already; wait for it to finish.")
-    with storage.open_stream(dataset.raw_file) as stream:
-        seen = check_file(stream, dataset.original_filename, options)
+    try:
+        with storage.open_stream(dataset.raw_file) as stream:
+            seen = check_file(stream, dataset.original_filename, options)
+    except storage.STORAGE_ERRORS as error:
+        raise PreparationError(
+            f"The uploaded file could not be read: our file storage did not answer "
+            f"({storage.describe(error)}). Please try again in a moment."
+        ) from error
     dataset.format = options.format
     dataset.txt_mode = options.txt_mode
     dataset.mapping = options.mapping.strip()
@@ -244,6 +258,14 @@ def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None =
         except PreparationError as exc:
             _fail(dataset, str(exc))
             return dataset
+        except storage.STORAGE_ERRORS as exc:
+            logger.warning("preparing dataset %s: the storage failed: %r", dataset.pk, exc)
+            _fail(
+                dataset,
+                "The dataset's files could not be read or written: our file storage did not answer "
+                f"({storage.describe(exc)}). Nothing was kept; please upload it again.",
+            )
+            return dataset
         except Exception:
             logger.exception("preparing dataset %s failed", dataset.pk)
             _fail(dataset, UNEXPECTED_FAILURE)
@@ -261,8 +283,17 @@ def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None =
 
 
 def _fail(dataset: Dataset, reason: str) -> None:
-    storage.delete_prefix(dataset.storage_prefix)
+    # The row first: if the storage is what failed, removing the files may fail too, and the
+    # dataset must not stay "preparing" meanwhile.
     dataset.mark_failed(storable(reason))
+    _remove_quietly(dataset.storage_prefix)
+
+
+def _remove_quietly(prefix: str) -> None:
+    try:
+        storage.delete_prefix(prefix)
+    except storage.STORAGE_ERRORS as error:
+        logger.error("could not remove the stored files under %s (remove them by hand): %r", prefix, error)
 
 
 def rename_dataset(dataset: Dataset, name: str) -> None:

@@ -15,11 +15,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from boto3.exceptions import S3UploadFailedError
+from botocore.exceptions import BotoCoreError, ClientError
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect
 
 READ_CHUNK = 256 * 1024
+# What a storage raises when it does not do what was asked: S3's error responses, a dropped
+# connection or timeout, a failed multipart upload; a local disk that is full or unreadable.
+STORAGE_ERRORS = (ClientError, BotoCoreError, S3UploadFailedError, OSError)
+
+
+def describe(error: BaseException) -> str:
+    """One of STORAGE_ERRORS in a few words for the person concerned, without our internals
+    (bucket names, endpoints, paths)."""
+    if isinstance(error, ClientError):
+        return error.response.get("Error", {}).get("Code") or "an error"
+    cause = error.__cause__ if isinstance(error, S3UploadFailedError) else None
+    if isinstance(cause, ClientError):
+        return describe(cause)
+    return type(error).__name__
 
 
 def _storage() -> Storage:
