@@ -283,6 +283,8 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
 def parse_yaml(text: str) -> list[dict[str, Any]]:
     try:
         document = yaml.safe_load(text)
+    except RecursionError:
+        raise ManifestError("not valid YAML: it is nested too deeply") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -314,7 +316,14 @@ def parse_csv(text: str, delimiter: str = ",") -> list[dict[str, Any]]:
     if unknown:
         raise ManifestError(f"unknown column(s): {', '.join(unknown)} (known: {', '.join(FIELDS)}, hp.NAME)")
     entries: list[dict[str, Any]] = []
-    for row in reader:
+    rows = iter(reader)
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as error:  # a cell over the csv module's size limit, a broken quote
+            raise ManifestError(f"line {reader.line_num} cannot be read as CSV: {error}") from None
         extra = row.pop("\x00extra", None)
         cells = {key: value.strip() for key, value in row.items() if key and value and value.strip()}
         if not cells and not extra:
@@ -581,6 +590,14 @@ def _check_file(entry: Entry, value: Any, mapping: str, base_dir: Path) -> FileS
     path = path if path.is_absolute() else base_dir / path
     if not path.is_file():
         entry.problem("dataset", f"file not found: {path}")
+        return None
+    # Whoever wrote the manifest must not make the server read any file it can (a key, /etc/passwd)
+    # into a user's dataset, which that user could then download: files come from its own folder.
+    folder = base_dir.resolve()
+    if not path.resolve().is_relative_to(folder):
+        entry.problem(
+            "dataset", f"{value.strip()} is not inside the manifest's folder ({folder}); copy it there"
+        )
         return None
     try:
         parse_mapping(mapping)
