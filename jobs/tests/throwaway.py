@@ -211,8 +211,13 @@ def celery_app_on(broker_url: str):
 
 
 def _drop_connections(app) -> None:
+    from kombu import pools
+
     if app._pool is not None:
         app._pool.force_close_all()
     app._pool = None
     if "amqp" in app.__dict__:
         app.amqp._producer_pool = None
+    # kombu keeps producer pools in a process-wide registry keyed by broker URL; one left
+    # there would hand later tests the connection pool closed above.
+    pools.reset()
