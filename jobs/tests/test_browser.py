@@ -74,12 +74,13 @@ def test_train_the_scratch_model_on_an_uploaded_csv_and_watch_it(celery_worker_p
     log_in(page, "alice@example.com")
     dataset = upload_and_wait_until_ready(page, celery_worker_process)
 
-    fill_new_job(page, dataset, max_steps=60, logging_steps=2)
+    # Long enough that the 2 s poll sees the bar at several points, even on a fast machine.
+    fill_new_job(page, dataset, max_steps=400, logging_steps=5)
     page.locator("[data-estimate-errors]").wait_for(state="detached")
     page.locator("input[name=batch_size]").fill("0")
     page.get_by_text("batch_size must be an integer between 1 and 1024 (got '0')").wait_for()
     page.locator("input[name=batch_size]").fill("4")
-    page.locator("[data-estimate-steps]", has_text="60").wait_for()
+    page.locator("[data-estimate-steps]", has_text="400").wait_for()
     page.locator("[data-launch]").click()
 
     page.wait_for_url("**/jobs/*/")
