@@ -135,3 +135,23 @@ def test_the_datasets_and_jobs_pages_work_under_the_policy_with_no_violation(pag
     )
     wait_until(page, lambda: violations, timeout=5)
     assert violations[0]["directive"].startswith("style-src")
+
+
+def test_the_admin_works_under_the_policy_with_no_violation(page):
+    violations = []
+    page.context.expose_binding("__cspViolation", lambda source, report: violations.append(report))
+    page.context.add_init_script(LISTEN)
+    operator = make_user("operator@example.com", is_staff=True, is_superuser=True)
+    job = make_job(operator)
+    log_in(page, "operator@example.com")
+    for path in (
+        "/admin/",
+        "/admin/jobs/trainingjob/",
+        f"/admin/jobs/trainingjob/{job.pk}/change/",
+        "/admin/datasets_app/dataset/",
+        "/admin/auth/user/add/",
+    ):
+        page.goto(path)
+        page.wait_for_load_state("load")
+    page.wait_for_timeout(300)
+    assert violations == []
