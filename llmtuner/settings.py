@@ -73,6 +73,8 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
 
 DEBUG = env_bool("DEBUG", True)
 VAR_DIR = Path(env_str("LLMTUNER_VAR_DIR", str(BASE_DIR / "var")))
+# The embedded default keeps its database, broker, cache and files here; a fresh clone has none.
+VAR_DIR.mkdir(parents=True, exist_ok=True)
 
 SECRET_KEY = env_str("SECRET_KEY")
 if not SECRET_KEY:

@@ -106,3 +106,19 @@ def test_bucket_switches_default_storage_to_private_s3():
         "False",
         "http://127.0.0.1:5000",
     ]
+
+
+def test_a_fresh_clone_migrates_with_no_var_folder_yet(tmp_path):
+    var = tmp_path / "not-there-yet"
+    keep = {"PATH", "HOME", "LANG"}
+    env = {k: v for k, v in os.environ.items() if k in keep}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput", "-v0"],
+        cwd=BASE_DIR,
+        env={**env, "LLMTUNER_VAR_DIR": str(var)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (var / "db.sqlite3").exists()
