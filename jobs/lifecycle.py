@@ -8,6 +8,7 @@ and two writers racing cannot both win.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from datetime import datetime, timedelta
@@ -226,6 +227,41 @@ def reap_stale_jobs(now: datetime | None = None) -> list[int]:
             append_log(job_id, [message])
             reaped.append(job_id)
     return reaped
+
+
+def describe_event(event: dict) -> str:
+    """One readable log line for a progress-protocol event (either backend)."""
+    kind = event["event"]
+    if kind == "progress":
+        return (
+            f"step {event.get('step')}/{event.get('total_steps')} loss {_fmt(event.get('loss'))} "
+            f"lr {_fmt(event.get('learning_rate'))} {_fmt(event.get('tokens_per_second'))} tokens/s"
+        )
+    if kind == "eval":
+        return f"eval at step {event.get('step')}: loss {_fmt(event.get('eval_loss'))}"
+    if kind == "error":
+        return f"error: {event.get('message')}"
+    if kind == "start":
+        return (
+            f"training {event.get('total_steps')} steps on {event.get('samples')} samples "
+            f"({event.get('tokens')} tokens), {event.get('trainable_parameters')} trainable parameters "
+            f"on {event.get('device')} ({event.get('precision')})"
+        )
+    if kind == "done":
+        return (
+            f"done: training loss {_fmt(event.get('train_loss'))}, eval loss {_fmt(event.get('eval_loss'))}, "
+            f"perplexity {_fmt(event.get('perplexity'))}, {_fmt(event.get('tokens_per_second'))} tokens/s"
+        )
+    if kind == "stopped":
+        saved = "model so far saved" if event.get("model_saved") else "nothing saved"
+        return f"stopped at step {event.get('step')} ({saved})"
+    if kind == "checkpoint":
+        return f"checkpoint at step {event.get('step')}"
+    return json.dumps(event)
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
 def _float(value) -> float | None:

@@ -168,7 +168,7 @@ class LocalRun:
         if event["event"] == "error":
             self.last_error = str(event.get("message") or "")
         lifecycle.record_event(self.job.pk, event)
-        self._log(_describe(event))
+        self._log(lifecycle.describe_event(event))
 
     def _tick(self, process: subprocess.Popen) -> None:
         now = time.monotonic()
@@ -253,40 +253,6 @@ def _parse_event(line: str) -> dict | None:
     except json.JSONDecodeError:
         return None
     return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None
-
-
-def _describe(event: dict) -> str:
-    kind = event["event"]
-    if kind == "progress":
-        return (
-            f"step {event.get('step')}/{event.get('total_steps')} loss {_fmt(event.get('loss'))} "
-            f"lr {_fmt(event.get('learning_rate'))} {_fmt(event.get('tokens_per_second'))} tokens/s"
-        )
-    if kind == "eval":
-        return f"eval at step {event.get('step')}: loss {_fmt(event.get('eval_loss'))}"
-    if kind == "error":
-        return f"error: {event.get('message')}"
-    if kind == "start":
-        return (
-            f"training {event.get('total_steps')} steps on {event.get('samples')} samples "
-            f"({event.get('tokens')} tokens), {event.get('trainable_parameters')} trainable parameters "
-            f"on {event.get('device')} ({event.get('precision')})"
-        )
-    if kind == "done":
-        return (
-            f"done: training loss {_fmt(event.get('train_loss'))}, eval loss {_fmt(event.get('eval_loss'))}, "
-            f"perplexity {_fmt(event.get('perplexity'))}, {_fmt(event.get('tokens_per_second'))} tokens/s"
-        )
-    if kind == "stopped":
-        saved = "model so far saved" if event.get("model_saved") else "nothing saved"
-        return f"stopped at step {event.get('step')} ({saved})"
-    if kind == "checkpoint":
-        return f"checkpoint at step {event.get('step')}"
-    return json.dumps(event)
-
-
-def _fmt(value) -> str:
-    return f"{value:.4g}" if isinstance(value, int | float) else "-"
 
 
 def _pump(stream, name: str, lines: queue.Queue) -> None:

@@ -60,7 +60,6 @@ from django.utils import timezone
 
 from datasets_app import storage
 from jobs import lifecycle, pricing
-from jobs.backends.local import _describe as describe_event
 from jobs.models import Backend, InstanceType, JobStatus, TrainingJob
 from training_scripts import progress
 from training_scripts.hyperparameters import (
@@ -1164,7 +1163,7 @@ class _Poller:
                     lines.append(line)
                     continue
                 lifecycle.record_event(job.pk, event)
-                lines.append(describe_event(event))
+                lines.append(lifecycle.describe_event(event))
         lifecycle.append_log(job.pk, lines)
 
     def _update_running_costs(self, jobs: list[TrainingJob]) -> None:

@@ -14,6 +14,7 @@ from decimal import Decimal
 import pytest
 from django.core.cache import cache
 
+from jobs import lifecycle
 from jobs.backends import sagemaker as sm
 from jobs.models import JobStatus, MetricPoint, TrainingJob
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
@@ -127,7 +128,9 @@ def test_in_progress_to_completed_with_progress_logs_chart_and_cost(owner, stubs
     # Logged the way the local backend logs the same lines.
     lines = list(job.log_lines.values_list("text", flat=True))
     assert lines[-3] == "Installing requirements"
-    assert lines[-2] == sm.describe_event({"event": "start", "total_steps": 30, "epochs": 1, "samples": 60})
+    assert lines[-2] == lifecycle.describe_event(
+        {"event": "start", "total_steps": 30, "epochs": 1, "samples": 60}
+    )
     assert lines[-2].startswith("training 30 steps on 60 samples")
     assert lines[-1] == "step 10/30 loss 2.5 lr 0.003 - tokens/s"
     assert job.sagemaker_log_state["streams"] == {stream: "f/3"}
