@@ -74,9 +74,6 @@ def __getattr__(name: str):
         from django.core.wsgi import get_wsgi_application
 
         settings.ROOT_URLCONF = MODULE
-        if os.environ.get("BENCH_CACHED_SESSIONS") == "1":
-            # What-if: sessions read from the shared cache (Redis), written through to the database.
-            settings.SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
         return get_wsgi_application()
     raise AttributeError(name)
 
@@ -84,7 +81,7 @@ def __getattr__(name: str):
 # --- The benchmark process ------------------------------------------------------------------------
 
 
-def server_env(database_url: str, conn_max_age: int) -> dict[str, str]:
+def server_env(database_url: str, cache_url: str, conn_max_age: int) -> dict[str, str]:
     return {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "llmtuner.settings",
@@ -96,7 +93,7 @@ def server_env(database_url: str, conn_max_age: int) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1",
         "CONN_MAX_AGE": str(conn_max_age),
         "CELERY_BROKER_URL": "filesystem://",
-        "CACHE_URL": "locmem://",
+        "CACHE_URL": cache_url,
         "LOG_LEVEL": "WARNING",
         "PYTHONPATH": f"{ROOT}{os.pathsep}{HERE}",
     }
@@ -121,8 +118,11 @@ def seed(jobs: int, pages: int) -> dict:
     import django
 
     django.setup()
+    from importlib import import_module
+
+    from django.conf import settings
     from django.contrib.auth import get_user_model
-    from django.contrib.sessions.backends.db import SessionStore
+    from django.core.cache import cache
     from django.utils import timezone
 
     from datasets_app.models import Dataset
@@ -187,9 +187,10 @@ def seed(jobs: int, pages: int) -> dict:
         batch_size=5000,
     )
     bench_user = users[0]
-    session = SessionStore()
+    cache.clear()  # users cached by an earlier run's database, which had the same ids
+    session = import_module(settings.SESSION_ENGINE).SessionStore()
     session["_auth_user_id"] = str(bench_user.pk)
-    session["_auth_user_backend"] = "django.contrib.auth.backends.ModelBackend"
+    session["_auth_user_backend"] = settings.AUTHENTICATION_BACKENDS[0]
     session["_auth_user_hash"] = bench_user.get_session_auth_hash()
     session.create()
     from django.db import connections
@@ -360,9 +361,9 @@ def main() -> None:
     parser.add_argument("--parts", default="progress", help="what each page polls: progress,logs,metrics")
     parser.add_argument("--conn-max-age", type=int, default=60, help="CONN_MAX_AGE of the server")
     parser.add_argument(
-        "--cached-sessions",
-        metavar="REDIS_URL",
-        help="what-if: serve sessions from this Redis cache (cached_db) instead of the database",
+        "--cache-url",
+        default="redis://127.0.0.1:6379/13",
+        help="the shared cache (sessions, signed-in users), as in production; emptied at the start",
     )
     args = parser.parse_args()
     parts = [part for part in args.parts.split(",") if part]
@@ -370,9 +371,7 @@ def main() -> None:
     name = f"llmtuner_bench_{os.getpid()}"
     base_url = args.admin_url.rsplit("/", 1)[0]
     database_url = f"{base_url}/{name}"
-    env = server_env(database_url, args.conn_max_age)
-    if args.cached_sessions:
-        env.update(CACHE_URL=args.cached_sessions, BENCH_CACHED_SESSIONS="1")
+    env = server_env(database_url, args.cache_url, args.conn_max_age)
     os.environ.update({k: v for k, v in env.items() if k not in ("PYTHONPATH",)})
     sys.path.insert(0, str(ROOT))
     create_database(args.admin_url, name)
