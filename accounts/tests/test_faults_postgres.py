@@ -20,7 +20,7 @@ import requests
 from conftest import PASSWORD
 from jobs.tests.throwaway import ThrowawayPostgres, free_port, stop_process_group, wait_for
 
-pytestmark = [pytest.mark.services, pytest.mark.slow]
+pytestmark = [pytest.mark.services]
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 
@@ -107,6 +107,7 @@ def processes(web) -> set[int]:
     return {master.pid, *(child.pid for child in master.children(recursive=True))}
 
 
+@pytest.mark.slow
 def test_a_database_restart_costs_only_the_requests_made_while_it_is_down(postgres, web):
     session = logged_in(web.base)
     assert session.get(f"{web.base}/dashboard/", timeout=10).status_code == 200
@@ -138,3 +139,43 @@ def test_a_database_restart_costs_only_the_requests_made_while_it_is_down(postgr
     assert "alice@example.com" in response.text  # the same session, still signed in
     assert requests.get(f"{web.base}/health/", timeout=10).json()["database"] == "ok"
     assert processes(web) == serving  # recovered by itself: the same master, the same worker
+
+
+# --- The health check itself (llmtuner/postgresql), against the suite's own server ---
+
+
+@pytest.fixture
+def spare_connection():
+    from django.db import connections
+
+    wrapper = connections.create_connection("default")
+    if wrapper.vendor != "postgresql":
+        pytest.skip("the health check belongs to the PostgreSQL backend")
+    wrapper.ensure_connection()
+    yield wrapper
+    wrapper.close()
+
+
+@pytest.mark.django_db
+def test_a_healthy_idle_connection_is_usable_without_a_round_trip(spare_connection, monkeypatch):
+    from django.db.backends.postgresql.base import DatabaseWrapper
+
+    def asked(self):
+        raise AssertionError("an idle healthy connection was asked SELECT 1")
+
+    monkeypatch.setattr(DatabaseWrapper, "is_usable", asked)
+
+    assert spare_connection.is_usable()
+
+
+@pytest.mark.django_db
+def test_a_connection_the_server_ended_is_not_usable(spare_connection):
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [spare_connection.connection.info.backend_pid])
+
+    deadline = time.monotonic() + 5
+    while spare_connection.is_usable() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not spare_connection.is_usable()
