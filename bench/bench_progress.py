@@ -74,10 +74,11 @@ def __getattr__(name: str):
         sys.path.insert(0, str(ROOT))
         os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmtuner.settings")
         from django.conf import settings
-        from django.core.wsgi import get_wsgi_application
 
         settings.ROOT_URLCONF = MODULE
-        return get_wsgi_application()
+        from llmtuner.wsgi import application  # as production serves it
+
+        return application
     raise AttributeError(name)
 
 
