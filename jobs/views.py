@@ -100,7 +100,7 @@ def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
     """Attach what the templates show (durations, cost, figures, warnings), all from the row itself.
 
     Figures are formatted here rather than with template filters: the progress card is rendered
-    every 2 s for every open job page, and the filters were half of its rendering time.
+    every 2 s for every open job page, and the filters were a large part of its rendering time.
     """
     job.url = job.get_absolute_url()  # the page's own URLs hang below it: one reverse, not eight
     job.step_display = f"{job.step:,} of {f'{job.total_steps:,}' if job.total_steps else '?'}"
