@@ -27,8 +27,8 @@ def user_cache_key(user_id) -> str:
 def forget_user(user_id) -> None:
     try:
         cache.delete(user_cache_key(user_id))
-    except Exception:  # noqa: BLE001 - a stale entry expires by itself
-        logger.warning("Could not drop user %s from the cache", user_id, exc_info=True)
+    except Exception as error:  # noqa: BLE001 - a stale entry expires by itself
+        logger.warning("Could not drop user %s from the cache (%s)", user_id, error)
 
 
 class CachedUserMixin:
@@ -36,8 +36,9 @@ class CachedUserMixin:
         key = user_cache_key(user_id)
         try:
             user = cache.get(key)
-        except Exception:  # noqa: BLE001 - any cache failure: the database answers instead
-            logger.warning("User cache unavailable; reading the user from the database", exc_info=True)
+        except Exception as error:  # noqa: BLE001 - any cache failure: the database answers instead
+            # One line a request while the cache is down, not a traceback each time.
+            logger.warning("User cache unavailable (%s); reading the user from the database", error)
             user = None
         if user is not None:
             return user if self.user_can_authenticate(user) else None
@@ -45,8 +46,8 @@ class CachedUserMixin:
         if user is not None:
             try:
                 cache.set(key, user, USER_CACHE_SECONDS)
-            except Exception:  # noqa: BLE001
-                logger.warning("User cache unavailable; not caching the user", exc_info=True)
+            except Exception as error:  # noqa: BLE001
+                logger.warning("User cache unavailable (%s); not caching the user", error)
         return user
 
 

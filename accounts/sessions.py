@@ -23,8 +23,9 @@ class SessionStore(cached_db.SessionStore):
     def load(self) -> dict:
         try:
             data = self._cache.get(self.cache_key)
-        except Exception:  # noqa: BLE001 - any cache failure: the database answers instead
-            logger.warning("Session cache unavailable; reading the session from the database", exc_info=True)
+        except Exception as error:  # noqa: BLE001 - any cache failure: the database answers instead
+            # One line a request while the cache is down, not a traceback each time.
+            logger.warning("Session cache unavailable (%s); reading the session from the database", error)
             data = None
         if data is not None:
             return data
@@ -50,11 +51,13 @@ class SessionStore(cached_db.SessionStore):
             return
         try:
             self._cache.delete(self.cache_key_prefix + session_key)
-        except Exception:  # noqa: BLE001 - the copy expires within SESSION_CACHE_SECONDS
-            logger.error("Session cache unavailable; a signed-out session's copy stays until it expires")
+        except Exception as error:  # noqa: BLE001 - the copy expires within SESSION_CACHE_SECONDS
+            logger.error(
+                "Session cache unavailable (%s); a signed-out session's copy stays until it expires", error
+            )
 
     def _cache_copy(self, data: dict, expiry_age: int) -> None:
         try:
             self._cache.set(self.cache_key, data, min(expiry_age, SESSION_CACHE_SECONDS))
-        except Exception:  # noqa: BLE001
-            logger.warning("Session cache unavailable; not caching the session", exc_info=True)
+        except Exception as error:  # noqa: BLE001
+            logger.warning("Session cache unavailable (%s); not caching the session", error)
