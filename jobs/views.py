@@ -59,8 +59,6 @@ def _progress_job(request: HttpRequest, pk: int) -> TrainingJob:
 def _get_job_for_user(request: HttpRequest, pk: int, *, fields: tuple[str, ...] = ()) -> TrainingJob:
     if fields:
         jobs = TrainingJob.objects.only(*fields)
-        if any(field.startswith("instance_type__") for field in fields):
-            jobs = jobs.select_related("instance_type")
     else:
         jobs = TrainingJob.objects.select_related("base_model", "dataset", "instance_type")
     return get_object_or_404(jobs, pk=pk, owner=request.user)
