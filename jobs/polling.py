@@ -2,7 +2,8 @@
 
 It is written out once from the models' own column names and run on a plain cursor: Django's
 query compiler, and RawQuerySet's matching of columns to fields, were most of that request's
-time (bench/bench_progress.py). The row becomes a TrainingJob through `from_db` and the
+time (bench/bench_progress.py). On PostgreSQL it is a prepared statement, as planning it took the
+server longer than running it. The row becomes a TrainingJob through `from_db` and the
 database's own converters, as the ORM would make it; columns not read here load on access.
 """
 
@@ -47,7 +48,9 @@ def progress_job(owner_id: int, pk: int) -> TrainingJob | None:
     """Job `pk` if `owner_id` owns it, with JOB_FIELDS and its instance type's price loaded."""
     connection = connections[router.db_for_read(TrainingJob)]
     sql, job_attnames, instance_attnames, converters = _statement(connection)
-    with connection.cursor() as cursor:
+    # PostgreSQL plans it once per connection (llmtuner/postgresql); SQLite keeps its own statement cache.
+    cursor = connection.prepared_cursor() if hasattr(connection, "prepared_cursor") else connection.cursor()
+    with cursor:
         cursor.execute(sql, [pk, owner_id])
         row = cursor.fetchone()
     if row is None:

@@ -154,7 +154,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
-    DATABASES["default"]["ENGINE"] = "llmtuner.postgresql"  # a health check without a round trip
+    # A health check without a round trip, and prepared statements for the polled queries; turn
+    # those off behind a pooler that loses them (PgBouncer before 1.21 in transaction mode).
+    DATABASES["default"]["ENGINE"] = "llmtuner.postgresql"
+    DATABASES["default"]["PREPARED_STATEMENTS"] = env_bool("DATABASE_PREPARED_STATEMENTS", True)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # WAL and a busy timeout let the web process, worker and beat share one file.
     DATABASES["default"]["OPTIONS"] = {

@@ -179,3 +179,71 @@ def test_a_connection_the_server_ended_is_not_usable(spare_connection):
     while spare_connection.is_usable() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not spare_connection.is_usable()
+
+
+# --- Prepared statements (llmtuner/postgresql), against the suite's own server ---
+
+
+def prepared_statements(wrapper) -> list[tuple[str, int]]:
+    with wrapper.cursor() as cursor:
+        cursor.execute("SELECT statement, generic_plans + custom_plans FROM pg_prepared_statements")
+        return cursor.fetchall()
+
+
+@pytest.fixture
+def scratch_table(spare_connection):
+    """A committed table of the spare connection's own (the test's connection is in a transaction)."""
+    name = f"prepared_probe_{os.getpid()}"
+    with spare_connection.cursor() as cursor:
+        cursor.execute(f"CREATE TABLE {name} (id integer PRIMARY KEY, label varchar(20))")
+        cursor.execute(f"INSERT INTO {name} VALUES (1, 'one')")
+    yield name
+    with spare_connection.cursor() as cursor:
+        cursor.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+@pytest.mark.django_db
+def test_a_prepared_cursor_plans_its_statement_once_per_connection(spare_connection, scratch_table):
+    query = f"SELECT label FROM {scratch_table} WHERE id = %s"  # noqa: S608  # nosec B608
+    for _ in range(3):
+        with spare_connection.prepared_cursor() as cursor:
+            cursor.execute(query, [1])
+            assert cursor.fetchone() == ("one",)
+    with spare_connection.cursor() as cursor:  # Django's own cursors prepare nothing
+        cursor.execute(query, [1])
+
+    assert prepared_statements(spare_connection) == [(query.replace("%s", "$1"), 3)]
+
+
+@pytest.mark.django_db
+def test_a_migration_that_changes_a_column_under_a_prepared_statement_costs_no_error(
+    spare_connection, scratch_table
+):
+    from django.db import connections
+
+    query = f"SELECT label FROM {scratch_table} WHERE id = %s"  # noqa: S608  # nosec B608
+    with spare_connection.prepared_cursor() as cursor:
+        cursor.execute(query, [1])
+    migrator = connections.create_connection("default")
+    try:
+        with migrator.cursor() as cursor:
+            cursor.execute(f"ALTER TABLE {scratch_table} ALTER COLUMN label TYPE text")
+    finally:
+        migrator.close()
+
+    with spare_connection.prepared_cursor() as cursor:
+        cursor.execute(query, [1])  # PostgreSQL: "cached plan must not change result type"
+        assert cursor.fetchone() == ("one",)
+
+
+@pytest.mark.django_db
+def test_prepared_statements_can_be_turned_off_for_a_pooler_that_loses_them(
+    spare_connection, scratch_table, monkeypatch
+):
+    monkeypatch.setitem(spare_connection.settings_dict, "PREPARED_STATEMENTS", False)
+    query = f"SELECT label FROM {scratch_table} WHERE id = %s"  # noqa: S608  # nosec B608
+    with spare_connection.prepared_cursor() as cursor:
+        cursor.execute(query, [1])
+        assert cursor.fetchone() == ("one",)
+
+    assert prepared_statements(spare_connection) == []

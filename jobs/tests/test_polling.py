@@ -88,3 +88,16 @@ def test_what_the_card_does_not_read_still_loads_when_asked(owner, job, django_a
     assert "hyperparameters" in read.get_deferred_fields()
     with django_assert_num_queries(1):
         assert read.hyperparameters == expected
+
+
+def test_on_postgresql_the_card_query_is_planned_once_per_connection(owner, job):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite keeps its own statement cache")
+    for _ in range(3):
+        assert polling.progress_job(owner.pk, job.pk).pk == job.pk
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT generic_plans + custom_plans FROM pg_prepared_statements")
+        assert cursor.fetchall() == [(3,)]
