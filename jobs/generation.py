@@ -303,7 +303,9 @@ def generate(loaded: Loaded, request: Request, outcome: Outcome) -> tuple[str, i
     generated = output[0] if loaded.seq2seq else output[0, input_ids.shape[1] :]
     special = set(tokenizer.all_special_ids)
     count = sum(1 for token in generated.tolist() if token not in special)
-    return tokenizer.decode(generated, skip_special_tokens=True), count, seconds
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+    # A byte-level tokenizer can decode a NUL, which PostgreSQL text cannot hold and a page cannot show.
+    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}"), count, seconds
 
 
 def _round(value: float | None) -> float | None:

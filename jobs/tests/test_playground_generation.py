@@ -63,8 +63,11 @@ def gpt2_tokenizer(folder: Path):
     return tokenizer
 
 
-def tiny_pretrained(folder: Path, seq2seq: bool = False) -> Path:
-    """A small random-weight model saved like a Hub checkpoint, standing in for one."""
+def tiny_pretrained(folder: Path, seq2seq: bool = False, always_says: str = "") -> Path:
+    """A small random-weight model saved like a Hub checkpoint, standing in for one.
+
+    With `always_says`, a GPT-2 whose every next token is that text's one token.
+    """
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, T5Config, T5ForConditionalGeneration
 
@@ -85,6 +88,13 @@ def tiny_pretrained(folder: Path, seq2seq: bool = False) -> Path:
             bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
         )  # fmt: skip
         model = GPT2LMHeadModel(config)
+        if always_says:
+            (token,) = tokenizer(always_says).input_ids
+            with torch.no_grad():  # a constant final state, against embeddings all zero but one
+                model.transformer.ln_f.weight.zero_()
+                model.transformer.ln_f.bias.fill_(1.0)
+                model.lm_head.weight.zero_()
+                model.lm_head.weight[token] = 1.0
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -182,6 +192,20 @@ def test_a_full_fine_tune_of_a_pretrained_model_loads_its_base_separately(owner,
     assert sorted(playground.MODEL_CACHE.keys()) == sorted(
         [f"tuned:{job.pk}:{playground.model_identity(job)}", f"base:{base.hub_id}"]
     )
+
+
+def test_a_nul_the_model_says_is_shown_as_a_replacement_character(owner, tmp_path):
+    base = local_base(tiny_pretrained(tmp_path / "tiny-base", always_says="\x00"))
+    job = make_job(
+        owner, base_model=base, hyperparameters={**TINY_HYPERPARAMETERS, "base_model": base.hub_id}
+    )
+    job = store_as_tuned_model(job, tmp_path / "tiny-base")
+
+    run = ask(job, "Say nothing", max_new_tokens=3)
+
+    # PostgreSQL refuses NUL in text: the answer must still be saved, and shown.
+    assert run.status == PlaygroundStatus.DONE, run.error
+    assert run.tuned_output == run.base_output == "\N{REPLACEMENT CHARACTER}" * 3
 
 
 def test_a_seq2seq_model_answers_through_the_seq2seq_class(owner, tmp_path):
