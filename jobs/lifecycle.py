@@ -52,6 +52,15 @@ LOG_TAIL_LINES = 500
 MAX_LOG_LINE_CHARS = 2000
 
 
+def storable(text: str) -> str:
+    """Text a script or a library printed, as the owner reads it and we keep it.
+
+    Never a token (redacted), nor a NUL, which PostgreSQL refuses in text (a model's sample, a
+    dataset's line in an error message): it becomes U+FFFD.
+    """
+    return redact(text).replace("\x00", "\N{REPLACEMENT CHARACTER}")
+
+
 def can_transition(current: str, target: str) -> bool:
     return current in ALLOWED_FROM[target]
 
@@ -67,8 +76,7 @@ def transition(
     now = timezone.now()
     updates = {"status": target, **fields}
     if message is not None:
-        message = redact(message)
-        updates["status_message"] = message[:1000]
+        updates["status_message"] = storable(message)[:1000]
     if target == S.PREPARING:
         updates.update(started_at=now, heartbeat_at=now)
     elif target == S.TRAINING:
@@ -169,8 +177,7 @@ def _record_eval(job_id: int, event: dict) -> None:
 
 def append_log(job_id: int, lines: list[str]) -> None:
     """Add lines to the job's log tail in the database, keeping the last LOG_TAIL_LINES."""
-    # A script or a library may print a token; what the owner reads and we keep never holds one.
-    lines = [redact(line.rstrip())[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
+    lines = [storable(line.rstrip())[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
     if not lines:
         return
     with transaction.atomic():

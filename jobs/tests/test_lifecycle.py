@@ -108,6 +108,15 @@ def test_the_log_keeps_a_bounded_tail(job):
     assert LogLine.objects.get(job=job, seq=600).text == "line 599"
 
 
+def test_a_nul_a_script_printed_is_kept_as_a_replacement_character(job):
+    lifecycle.append_log(job.pk, ["sample: a\x00b"])
+    lifecycle.transition(job.pk, S.FAILED, "finetune.py failed: bad row \x00")
+
+    job.refresh_from_db()
+    assert LogLine.objects.get(job=job).text == "sample: a\N{REPLACEMENT CHARACTER}b"
+    assert job.status_message == "finetune.py failed: bad row \N{REPLACEMENT CHARACTER}"
+
+
 def test_the_reaper_fails_jobs_whose_worker_went_silent(job, other_job):
     lifecycle.transition(job.pk, S.TRAINING)
     lifecycle.transition(other_job.pk, S.TRAINING)
