@@ -3,14 +3,18 @@
 It is written out once from the models' own column names and run on a plain cursor: Django's
 query compiler, and RawQuerySet's matching of columns to fields, were most of that request's
 time (bench/bench_progress.py). On PostgreSQL it is a prepared statement, as planning it took the
-server longer than running it. The row becomes a TrainingJob through `from_db` and the
+server longer than running it. Each row becomes a model instance through `from_db` and the
 database's own converters, as the ORM would make it; columns not read here load on access.
+
+The owner's whole row comes with the job, so that the view can sign its user in from it
+(accounts.backends.known_user) rather than make a round trip to the cache for the same row.
 """
 
 from __future__ import annotations
 
 from functools import lru_cache
 
+from django.contrib.auth import get_user_model
 from django.db import connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 
@@ -41,13 +45,13 @@ JOB_FIELDS = (
     "finished_at",
     "heartbeat_at",
 )
-INSTANCE_FIELDS = ("price_per_hour_usd",)
+INSTANCE_FIELDS = ("id", "price_per_hour_usd")
 
 
 def progress_job(owner_id: int, pk: int) -> TrainingJob | None:
-    """Job `pk` if `owner_id` owns it, with JOB_FIELDS and its instance type's price loaded."""
+    """Job `pk` if `owner_id` owns it, with JOB_FIELDS, its instance type's price and its owner."""
     connection = connections[router.db_for_read(TrainingJob)]
-    sql, job_attnames, instance_attnames, converters = _statement(connection)
+    sql, parts, converters = _statement(connection)
     # PostgreSQL plans it once per connection (llmtuner/postgresql); SQLite keeps its own statement cache.
     cursor = connection.prepared_cursor() if hasattr(connection, "prepared_cursor") else connection.cursor()
     with cursor:
@@ -60,11 +64,12 @@ def progress_job(owner_id: int, pk: int) -> TrainingJob | None:
         for convert in functions:
             value = convert(value, expression, connection)
         values.append(value)
-    job = TrainingJob.from_db(connection.alias, job_attnames, values[: len(job_attnames)])
+    (job_attnames, job_end), (instance_attnames, instance_end), (owner_attnames, _) = parts
+    job = TrainingJob.from_db(connection.alias, job_attnames, values[:job_end])
     if job.instance_type_id is not None:
-        job.instance_type = InstanceType.from_db(
-            connection.alias, instance_attnames, values[len(job_attnames) :]
-        )
+        instance_values = values[job_end:instance_end]
+        job.instance_type = InstanceType.from_db(connection.alias, instance_attnames, instance_values)
+    job.owner = get_user_model().from_db(connection.alias, owner_attnames, values[instance_end:])
     return job
 
 
@@ -74,32 +79,37 @@ def _in_model_order(model, names) -> list:
 
 
 @lru_cache(maxsize=64)
-def _statement(connection: BaseDatabaseWrapper) -> tuple[str, list[str], list[str], list]:
-    """The SQL, the attribute names it fills, and each column's converters (per connection)."""
+def _statement(connection: BaseDatabaseWrapper) -> tuple[str, list[tuple[list[str], int]], list]:
+    """The SQL, each model's attribute names with where its columns end, and each column's converters."""
     quote = connection.ops.quote_name
+    User = get_user_model()
     job_fields = _in_model_order(TrainingJob, JOB_FIELDS)
-    instance_fields = _in_model_order(InstanceType, ("id", *INSTANCE_FIELDS))
-    read = job_fields + instance_fields
-    job_table, instance_table = quote(TrainingJob._meta.db_table), quote(InstanceType._meta.db_table)
+    instance_fields = _in_model_order(InstanceType, INSTANCE_FIELDS)
+    owner_fields = list(User._meta.concrete_fields)
+    read = job_fields + instance_fields + owner_fields
+
+    def column(model, name: str) -> str:
+        return f"{quote(model._meta.db_table)}.{quote(model._meta.get_field(name).column)}"
+
+    job_table, instance_table, user_table = (
+        quote(model._meta.db_table) for model in (TrainingJob, InstanceType, User)
+    )
     columns = [f"{quote(field.model._meta.db_table)}.{quote(field.column)}" for field in read]
-    job_pk = f"{job_table}.{quote(TrainingJob._meta.pk.column)}"
-    owner = f"{job_table}.{quote(TrainingJob._meta.get_field('owner').column)}"
-    instance_type = f"{job_table}.{quote(TrainingJob._meta.get_field('instance_type').column)}"
-    instance_pk = f"{instance_table}.{quote(InstanceType._meta.pk.column)}"
     # Only names from the models' own metadata go into the text; the ids are parameters.
     sql = (
         f"SELECT {', '.join(columns)} FROM {job_table} "  # noqa: S608  # nosec B608
-        f"LEFT OUTER JOIN {instance_table} ON {instance_pk} = {instance_type} "
-        f"WHERE {job_pk} = %s AND {owner} = %s"
+        f"INNER JOIN {user_table} ON {column(User, User._meta.pk.name)} = {column(TrainingJob, 'owner')} "
+        f"LEFT OUTER JOIN {instance_table} "
+        f"ON {column(InstanceType, 'id')} = {column(TrainingJob, 'instance_type')} "
+        f"WHERE {column(TrainingJob, 'id')} = %s AND {column(TrainingJob, 'owner')} = %s"
     )
     converters = []
     for field in read:
         expression = field.get_col(field.model._meta.db_table)
         functions = connection.ops.get_db_converters(expression) + expression.get_db_converters(connection)
         converters.append((expression, functions))
-    return (
-        sql,
-        [field.attname for field in job_fields],
-        [field.attname for field in instance_fields],
-        converters,
-    )
+    parts, end = [], 0
+    for fields in (job_fields, instance_fields, owner_fields):
+        end += len(fields)
+        parts.append(([field.attname for field in fields], end))
+    return sql, parts, converters

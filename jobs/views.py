@@ -12,8 +12,16 @@ from decimal import ROUND_HALF_UP, Decimal
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import redirect_to_login
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseNotAllowed,
+    JsonResponse,
+    StreamingHttpResponse,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.template.loader import render_to_string
 from django.urls import reverse
@@ -22,6 +30,7 @@ from django.utils.text import slugify
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
+from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
 from datasets_app import storage
 from jobs import actions, lifecycle, polling, pricing
@@ -101,6 +110,7 @@ def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
     every 2 s for every open job page, and the filters were a large part of its rendering time.
     """
     job.url = job.get_absolute_url()  # the page's own URLs hang below it: one reverse, not eight
+    job.percent_display = str(job.percent)  # an int in a template goes through localisation, four times
     job.step_display = f"{job.step:,} of {f'{job.total_steps:,}' if job.total_steps else '?'}"
     job.epoch_display = _figure(job.epoch, 2)
     job.loss_display = _figure(job.loss, 4)
@@ -295,11 +305,21 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "jobs/detail.html", context)
 
 
-@login_required
-@require_GET
 def progress(request: HttpRequest, pk: int) -> HttpResponse:
-    """The polled state of one job: one query for the job, whatever its size; 286 once it is final."""
-    job = _progress_job(request, pk)
+    """The polled state of one job: one query, whatever its size; 286 once it is final.
+
+    That query reads the owner's row too, and the user is signed in from it: the session is
+    checked as login_required checks it, without a second round trip for the user.
+    """
+    user_id = session_user_id(request)
+    job = polling.progress_job(user_id, pk) if user_id is not None else None
+    with known_user(job.owner if job else None):
+        if not request.user.is_authenticated:
+            return redirect_to_login(request.get_full_path())
+    if request.method != "GET":  # checked after signing in, as everywhere else
+        return HttpResponseNotAllowed(["GET"])
+    if job is None:
+        raise Http404("No such job")
     response = render(request, "jobs/detail.html#progress", _progress_context(job))
     if job.is_final:
         response.status_code = STOP_POLLING

@@ -19,8 +19,8 @@ from jobs.models import FINAL_STATES, InstanceType, JobStatus, LogLine, MetricPo
 pytestmark = pytest.mark.django_db
 
 HTMX = {"HX-Request": "true"}
-# An open page's polls read the job alone, whatever its size: the session and the signed-in user
-# come from the cache once the page's first request has put them there.
+# An open page's polls read the job alone, whatever its size: the session comes from the cache once
+# the page's first request has put it there (the progress card reads its user with the job).
 POLL_QUERIES = 1
 
 
@@ -192,6 +192,55 @@ def test_the_progress_partial_opens_no_file(owner_client, job, monkeypatch):
     )
 
     assert owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX).status_code == 286
+
+
+# --- Signing in from the job's own row ---
+
+
+def test_a_poll_signs_its_user_in_from_the_jobs_query_not_from_the_cache(owner_client, owner, job):
+    from django.core.cache import cache
+
+    from accounts.backends import user_cache_key
+
+    owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    cache.delete(user_cache_key(owner.pk))
+
+    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+
+    assert response.status_code == 200 and f'id="job-progress" data-status="{job.status}"' in response.text
+    assert cache.get(user_cache_key(owner.pk)) is None  # neither read nor filled
+
+
+def test_an_owner_deactivated_behind_the_cache_is_signed_out_at_the_next_poll(owner_client, owner, job):
+    from django.contrib.auth import get_user_model
+
+    owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    owner_client.get("/jobs/")  # the cache holds the active user now
+    get_user_model().objects.filter(pk=owner.pk).update(is_active=False)  # no save(): the cache keeps it
+
+    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert "job-progress" not in response.text
+
+
+def test_a_password_changed_elsewhere_ends_the_session_at_the_next_poll(owner_client, owner, job):
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.hashers import make_password
+
+    owner_client.get("/jobs/")  # the cache holds the user with the old password
+    get_user_model().objects.filter(pk=owner.pk).update(password=make_password("a new one"))
+
+    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    assert owner_client.get("/jobs/").status_code == 302  # the session is gone, as Django ends it
+
+
+def test_a_session_that_names_someone_else_still_gets_404(outsider_client, job):
+    response = outsider_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+
+    assert response.status_code == 404
 
 
 # --- Loss chart ---
