@@ -4,7 +4,8 @@ Django loads the user from the database on every request; here the row is kept i
 `USER_CACHE_SECONDS` and dropped whenever the user is saved or deleted (accounts/signals.py), so
 a password change still ends the other sessions at once. A change made without `save()` (a
 queryset `update()`) shows after at most `USER_CACHE_SECONDS`. If the cache cannot be reached,
-the database answers.
+the database answers. A view that reads its user's row in its own query hands it over instead
+(known_user), and that row is always the current one.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """How fast the job page's progress partial answers, under gunicorn on PostgreSQL.
 
-    python bench/bench_progress.py                       # defaults below, about 2 minutes
+    python bench/bench_progress.py                       # defaults below, about 3 minutes
     python bench/bench_progress.py --jobs 10000 --pages 200 --poll-seconds 30 --parts progress,logs,metrics
 
 What it does, all on loopback and in a throwaway database:
@@ -15,8 +15,8 @@ What it does, all on loopback and in a throwaway database:
    goes through the same middleware;
 3. throughput: a closed loop of `--concurrency` clients asks, for `--seconds` each and in
    alternating rounds, the minimal view and the progress partial of a running job (logged in,
-   `HX-Request`); requests per second of each, best round, and the ratio (target >= 0.4),
-   with each round's own ratio and their median;
+   `HX-Request`); requests per second of each, each round's ratio of the two and their median
+   (target >= 0.4), with the best round of each;
 4. polling: `--pages` simulated open job pages each ask for their job's progress partial
    every 2 s (open loop, each on its own schedule) for `--poll-seconds`; with `--parts`
    including logs and metrics, each page also polls its log tail and chart cursor, as the
@@ -366,7 +366,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput round")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--poll-seconds", type=float, default=30.0)
     parser.add_argument("--parts", default="progress", help="what each page polls: progress,logs,metrics")
     parser.add_argument("--conn-max-age", type=int, default=60, help="CONN_MAX_AGE of the server")
@@ -419,21 +419,20 @@ def main() -> None:
                 rps, p50, p99 = result["rps"], result["p50_ms"], result["p99_ms"]
                 print(f"  {label:9s} {rps:8.1f} req/s  p50 {p50} ms  p99 {p99} ms  errors {result['errors']}")
         best = {label: max(r["rps"] for r in rounds) for label, rounds in results.items()}
-        ratio = best["progress"] / best["minimal"]
         # Each round's progress against the minimal view measured just before it: the machine's
-        # own swings (other tenants, CPU clock) move both alike.
+        # own swings (other tenants, CPU clock) move both alike, where the best of each may come
+        # from a quiet moment for one and a busy one for the other. The verdict is their median.
         paired = [p["rps"] / m["rps"] for m, p in zip(results["minimal"], results["progress"], strict=True)]
+        ratio = statistics.median(paired)
         print(
             f"  best: minimal {best['minimal']:.1f} req/s, minimal logged in {best['logged-in']:.1f} req/s, "
-            f"progress partial {best['progress']:.1f} req/s"
-        )
-        print(
-            f"  round by round: {', '.join(f'{r:.2f}' for r in paired)}; "
-            f"median {statistics.median(paired):.2f}"
+            f"progress partial {best['progress']:.1f} req/s; ratio of the bests "
+            f"{best['progress'] / best['minimal']:.2f}"
         )
         verdict = "OK" if ratio >= 0.4 else "MISSED"
         print(
-            f"  progress partial / minimal view: {ratio:.2f} (target >= 0.40) {verdict}; "
+            f"  progress partial / minimal view, round by round: {', '.join(f'{r:.2f}' for r in paired)}; "
+            f"median {ratio:.2f} (target >= 0.40) {verdict}; "
             f"/ minimal logged-in view: {best['progress'] / best['logged-in']:.2f}"
         )
 
