@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import wraps
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -65,12 +66,33 @@ def _progress_job(request: HttpRequest, pk: int) -> TrainingJob:
     return job
 
 
-def _get_job_for_user(request: HttpRequest, pk: int, *, fields: tuple[str, ...] = ()) -> TrainingJob:
-    if fields:
-        jobs = TrainingJob.objects.only(*fields)
-    else:
-        jobs = TrainingJob.objects.select_related("base_model", "dataset", "instance_type")
+def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
+    jobs = TrainingJob.objects.select_related("base_model", "dataset", "instance_type")
     return get_object_or_404(jobs, pk=pk, owner=request.user)
+
+
+def _polled(view):
+    """For the job page's polls, each asked every 2 s: login_required, GET only, and the job.
+
+    The job is read with its owner's row in one prepared query (jobs/polling.py), and the user is
+    signed in from that row (accounts.backends.known_user): Django checks the session against it
+    as login_required would against the cached user, without that round trip.
+    """
+
+    @wraps(view)
+    def wrapper(request: HttpRequest, pk: int) -> HttpResponse:
+        user_id = session_user_id(request)
+        job = polling.progress_job(user_id, pk) if user_id is not None else None
+        with known_user(job.owner if job else None):
+            if not request.user.is_authenticated:
+                return redirect_to_login(request.get_full_path())
+        if request.method != "GET":  # checked after signing in, as everywhere else
+            return HttpResponseNotAllowed(["GET"])
+        if job is None:
+            raise Http404("No such job")
+        return view(request, job)
+
+    return wrapper
 
 
 # --- Figures shown for a job -------------------------------------------------------------------
@@ -305,33 +327,19 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     return render(request, "jobs/detail.html", context)
 
 
-def progress(request: HttpRequest, pk: int) -> HttpResponse:
-    """The polled state of one job: one query, whatever its size; 286 once it is final.
-
-    That query reads the owner's row too, and the user is signed in from it: the session is
-    checked as login_required checks it, without a second round trip for the user.
-    """
-    user_id = session_user_id(request)
-    job = polling.progress_job(user_id, pk) if user_id is not None else None
-    with known_user(job.owner if job else None):
-        if not request.user.is_authenticated:
-            return redirect_to_login(request.get_full_path())
-    if request.method != "GET":  # checked after signing in, as everywhere else
-        return HttpResponseNotAllowed(["GET"])
-    if job is None:
-        raise Http404("No such job")
+@_polled
+def progress(request: HttpRequest, job: TrainingJob) -> HttpResponse:
+    """The polled state of one job: one query, whatever its size; 286 once it is final."""
     response = render(request, "jobs/detail.html#progress", _progress_context(job))
     if job.is_final:
         response.status_code = STOP_POLLING
     return response
 
 
-@login_required
-@require_GET
-def metrics(request: HttpRequest, pk: int) -> JsonResponse:
+@_polled
+def metrics(request: HttpRequest, job: TrainingJob) -> JsonResponse:
     """Loss points after the `after` id cursor, as [id, step, loss, eval_loss]; 286 once all are sent."""
-    # The state is read first: points are written before a job ends.
-    job = _get_job_for_user(request, pk, fields=("status", "total_steps"))
+    # The state was read first: points are written before a job ends.
     after = CursorForm(request.GET).cursor
     points = list(
         MetricPoint.objects.filter(job=job, id__gt=after)
@@ -348,11 +356,9 @@ def metrics(request: HttpRequest, pk: int) -> JsonResponse:
     return JsonResponse(payload, status=STOP_POLLING if done else 200)
 
 
-@login_required
-@require_GET
-def logs(request: HttpRequest, pk: int) -> HttpResponse:
+@_polled
+def logs(request: HttpRequest, job: TrainingJob) -> HttpResponse:
     """Log lines after the `after` sequence number, appended out of band; 286 once all are sent."""
-    job = _get_job_for_user(request, pk, fields=("status",))
     after = CursorForm(request.GET).cursor
     lines = list(
         LogLine.objects.filter(job=job, seq__gt=after)

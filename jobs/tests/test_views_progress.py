@@ -194,51 +194,62 @@ def test_the_progress_partial_opens_no_file(owner_client, job, monkeypatch):
     assert owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX).status_code == 286
 
 
-# --- Signing in from the job's own row ---
+# --- Signing in from the job's own row (all three polls) ---
+
+POLLS = ["progress", "logs", "metrics"]
 
 
-def test_a_poll_signs_its_user_in_from_the_jobs_query_not_from_the_cache(owner_client, owner, job):
+@pytest.mark.parametrize("poll", POLLS)
+def test_a_poll_signs_its_user_in_from_the_jobs_query_not_from_the_cache(owner_client, owner, job, poll):
     from django.core.cache import cache
 
     from accounts.backends import user_cache_key
 
-    owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    owner_client.get(f"/jobs/{job.pk}/{poll}/", headers=HTMX)
     cache.delete(user_cache_key(owner.pk))
 
-    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    response = owner_client.get(f"/jobs/{job.pk}/{poll}/", headers=HTMX)
 
-    assert response.status_code == 200 and f'id="job-progress" data-status="{job.status}"' in response.text
+    assert response.status_code == 200
     assert cache.get(user_cache_key(owner.pk)) is None  # neither read nor filled
 
 
-def test_an_owner_deactivated_behind_the_cache_is_signed_out_at_the_next_poll(owner_client, owner, job):
+def test_the_progress_card_is_the_owners(owner_client, job):
+    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+
+    assert f'id="job-progress" data-status="{job.status}"' in response.text
+
+
+@pytest.mark.parametrize("poll", POLLS)
+def test_an_owner_deactivated_behind_the_cache_is_signed_out_at_the_next_poll(owner_client, owner, job, poll):
     from django.contrib.auth import get_user_model
 
-    owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    owner_client.get(f"/jobs/{job.pk}/{poll}/", headers=HTMX)
     owner_client.get("/jobs/")  # the cache holds the active user now
     get_user_model().objects.filter(pk=owner.pk).update(is_active=False)  # no save(): the cache keeps it
 
-    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    response = owner_client.get(f"/jobs/{job.pk}/{poll}/", headers=HTMX)
 
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
-    assert "job-progress" not in response.text
 
 
-def test_a_password_changed_elsewhere_ends_the_session_at_the_next_poll(owner_client, owner, job):
+@pytest.mark.parametrize("poll", POLLS)
+def test_a_password_changed_elsewhere_ends_the_session_at_the_next_poll(owner_client, owner, job, poll):
     from django.contrib.auth import get_user_model
     from django.contrib.auth.hashers import make_password
 
     owner_client.get("/jobs/")  # the cache holds the user with the old password
     get_user_model().objects.filter(pk=owner.pk).update(password=make_password("a new one"))
 
-    response = owner_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+    response = owner_client.get(f"/jobs/{job.pk}/{poll}/", headers=HTMX)
 
     assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
     assert owner_client.get("/jobs/").status_code == 302  # the session is gone, as Django ends it
 
 
-def test_a_session_that_names_someone_else_still_gets_404(outsider_client, job):
-    response = outsider_client.get(f"/jobs/{job.pk}/progress/", headers=HTMX)
+@pytest.mark.parametrize("poll", POLLS)
+def test_a_session_that_names_someone_else_still_gets_404(outsider_client, job, poll):
+    response = outsider_client.get(f"/jobs/{job.pk}/{poll}/", headers=HTMX)
 
     assert response.status_code == 404
 
