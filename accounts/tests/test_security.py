@@ -305,8 +305,10 @@ def _everything_a_job_left(client, job: TrainingJob) -> dict[str, str]:
         if key.endswith((".json", ".txt", ".log", ".md")):
             with storage.open_stream(key) as stream:
                 texts[key] = stream.read().decode("utf-8", "replace")
-    for path in ("/", "progress/", "logs/?after=0", "metrics/?after=0", "playground/"):
-        texts[f"page {path}"] = client.get(f"/jobs/{job.pk}/{path}").content.decode()
+    for path in ("", "progress/", "logs/?after=0", "metrics/?after=0", "playground/"):
+        response = client.get(f"/jobs/{job.pk}/{path}")
+        assert response.status_code in (200, 286), (path, response.status_code)  # a page, not a 404
+        texts[f"page {path or 'detail'}"] = response.content.decode()
     texts["list page"] = client.get("/jobs/").content.decode()
     return texts
 
