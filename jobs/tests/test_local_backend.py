@@ -6,6 +6,7 @@ import threading
 import time
 
 import pytest
+from django.db import connections
 
 from datasets_app import storage
 from jobs import lifecycle
@@ -68,7 +69,15 @@ def test_stop_mid_training_ends_stopped(owner):
     TrainingJob.objects.filter(pk=job.pk).update(
         hyperparameters={**job.hyperparameters, "max_steps": 100000, "epochs": 1000, "logging_steps": 5}
     )
-    runner = threading.Thread(target=local.run_job, args=(job.pk,))
+
+    def run_then_close_the_threads_connection():
+        # A thread's connection is Django's to close, not the test database teardown's to trip on.
+        try:
+            local.run_job(job.pk)
+        finally:
+            connections.close_all()
+
+    runner = threading.Thread(target=run_then_close_the_threads_connection)
     runner.start()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
