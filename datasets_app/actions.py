@@ -27,7 +27,7 @@ from llmtuner import broker
 from . import storage
 from .mapping import MappingError
 from .models import Dataset
-from .preparation import UNSTORABLE, PreparationError, PrepareOptions, inspect_file, prepare
+from .preparation import PreparationError, PrepareOptions, inspect_file, prepare, storable
 
 logger = logging.getLogger(__name__)
 
@@ -136,21 +136,6 @@ def _show_first_look(dataset: Dataset, seen: dict[str, Any]) -> None:
         {key: seen[key] for key in ("format", "encoding", "columns", "mapping", "shape")}
     )
     dataset.preview = storable(seen["samples"])
-
-
-def storable(value: Any) -> Any:
-    """`value` with NUL and lone surrogates replaced by U+FFFD in every string, keys included.
-
-    A JSON file can spell both (\\u0000, \\ud800) in a key or a value; they end up in the
-    first look, the stats and messages, and PostgreSQL refuses to store either.
-    """
-    if isinstance(value, str):
-        return UNSTORABLE.sub("\ufffd", value)
-    if isinstance(value, dict):
-        return {storable(key): storable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [storable(item) for item in value]
-    return value
 
 
 def _queue_preparation(dataset: Dataset) -> None:

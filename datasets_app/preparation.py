@@ -245,6 +245,21 @@ _LINE_BREAKS = re.compile("[\x85\u2028\u2029]")
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def storable(value: Any) -> Any:
+    """`value` with NUL and lone surrogates replaced by U+FFFD in every string, keys included.
+
+    For text that is kept rather than refused: a file's stats and first look, a script's output,
+    a model's answer (a byte-level tokenizer can decode a NUL).
+    """
+    if isinstance(value, str):
+        return UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(key): storable(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(item) for item in value]
+    return value
+
+
 def unstorable_reason(text: str) -> str | None:
     """Why text cannot be kept (NUL, or broken Unicode), or None."""
     found = UNSTORABLE.search(text)

@@ -28,6 +28,8 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
 )
 
+from datasets_app.preparation import storable  # noqa: E402
+
 SEQ2SEQ_INPUT_LIMIT = 1024  # when the tokenizer states no limit of its own
 
 
@@ -65,9 +67,10 @@ class Outcome:
             self.notes.append(text)
 
     def fields(self) -> dict[str, Any]:
+        # A byte-level tokenizer can decode a NUL, which the database cannot keep.
         values = {
-            "tuned_output": self.tuned_output,
-            "base_output": self.base_output,
+            "tuned_output": storable(self.tuned_output),
+            "base_output": storable(self.base_output),
             "notes": "\n".join(self.notes),
             "load_seconds": _round(self.load_seconds),
             "tuned_seconds": _round(self.tuned_seconds),
@@ -303,9 +306,7 @@ def generate(loaded: Loaded, request: Request, outcome: Outcome) -> tuple[str, i
     generated = output[0] if loaded.seq2seq else output[0, input_ids.shape[1] :]
     special = set(tokenizer.all_special_ids)
     count = sum(1 for token in generated.tolist() if token not in special)
-    text = tokenizer.decode(generated, skip_special_tokens=True)
-    # A byte-level tokenizer can decode a NUL, which PostgreSQL text cannot hold and a page cannot show.
-    return text.replace("\x00", "\N{REPLACEMENT CHARACTER}"), count, seconds
+    return tokenizer.decode(generated, skip_special_tokens=True), count, seconds
 
 
 def _round(value: float | None) -> float | None:

@@ -19,6 +19,7 @@ from django.db.models import F
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from datasets_app.preparation import storable
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner.redact import redact
 
@@ -52,13 +53,9 @@ LOG_TAIL_LINES = 500
 MAX_LOG_LINE_CHARS = 2000
 
 
-def storable(text: str) -> str:
-    """Text a script or a library printed, as the owner reads it and we keep it.
-
-    Never a token (redacted), nor a NUL, which PostgreSQL refuses in text (a model's sample, a
-    dataset's line in an error message): it becomes U+FFFD.
-    """
-    return redact(text).replace("\x00", "\N{REPLACEMENT CHARACTER}")
+def _kept(text: str) -> str:
+    """Text a script or a library printed, as the owner reads it and we keep it: no token, no NUL."""
+    return storable(redact(text))
 
 
 def can_transition(current: str, target: str) -> bool:
@@ -76,7 +73,7 @@ def transition(
     now = timezone.now()
     updates = {"status": target, **fields}
     if message is not None:
-        updates["status_message"] = storable(message)[:1000]
+        updates["status_message"] = _kept(message)[:1000]
     if target == S.PREPARING:
         updates.update(started_at=now, heartbeat_at=now)
     elif target == S.TRAINING:
@@ -177,7 +174,7 @@ def _record_eval(job_id: int, event: dict) -> None:
 
 def append_log(job_id: int, lines: list[str]) -> None:
     """Add lines to the job's log tail in the database, keeping the last LOG_TAIL_LINES."""
-    lines = [storable(line.rstrip())[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
+    lines = [_kept(line.rstrip())[:MAX_LOG_LINE_CHARS] for line in lines if line.strip()]
     if not lines:
         return
     with transaction.atomic():
