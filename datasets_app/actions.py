@@ -22,12 +22,12 @@ from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
-from llmtuner import broker
+from llmtuner import broker, storage
+from llmtuner.text import storable
 
-from . import storage
 from .mapping import MappingError
 from .models import Dataset
-from .preparation import PreparationError, PrepareOptions, inspect_file, prepare, storable
+from .preparation import PreparationError, PrepareOptions, inspect_file, prepare
 
 logger = logging.getLogger(__name__)
 

@@ -10,12 +10,13 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseClientRedirect
 
-from datasets_app import actions, storage
+from datasets_app import actions
 from datasets_app.forms import ReadOptionsForm, RenameForm, SamplesQueryForm, UploadForm
 from datasets_app.mapping import MappingError
 from datasets_app.models import Dataset
 from datasets_app.preparation import PreparationError
 from datasets_app.uploads import SizeLimitUploadHandler
+from llmtuner import storage
 
 STOP_POLLING = 286  # htmx stops an `every 2s` trigger on this status
 SHAPE_LABELS = {"text": "text", "prompt_completion": "prompt + completion", "messages": "chat messages"}

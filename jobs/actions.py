@@ -16,10 +16,10 @@ from typing import Any
 from django.core.files.storage import storages
 from django.db import transaction
 
-from datasets_app import storage
 from jobs.backends import queue_job
 from jobs.estimate import Estimate
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
+from llmtuner import storage
 
 logger = logging.getLogger(__name__)
 RETRYABLE_STATES = frozenset({JobStatus.FAILED, JobStatus.STOPPED})

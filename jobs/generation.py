@@ -28,7 +28,7 @@ from transformers import (  # noqa: E402
     AutoTokenizer,
 )
 
-from datasets_app.preparation import storable  # noqa: E402
+from llmtuner.text import storable  # noqa: E402
 
 SEQ2SEQ_INPUT_LIMIT = 1024  # when the tokenizer states no limit of its own
 

@@ -19,9 +19,9 @@ from django.db.models import F
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
-from datasets_app.preparation import storable
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner.redact import redact
+from llmtuner.text import storable
 
 logger = logging.getLogger(__name__)
 

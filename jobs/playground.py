@@ -30,9 +30,8 @@ from django.conf import settings
 from django.core.files.storage import storages
 from django.utils import timezone
 
-from datasets_app import storage
 from jobs.models import Backend, JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
-from llmtuner import broker
+from llmtuner import broker, storage
 
 logger = logging.getLogger(__name__)
 

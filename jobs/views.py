@@ -33,7 +33,6 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from datasets_app import storage
 from jobs import actions, lifecycle, polling, pricing
 from jobs.estimate import format_duration
 from jobs.forms import (
@@ -46,6 +45,7 @@ from jobs.forms import (
     ready_datasets,
 )
 from jobs.models import FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from llmtuner import storage
 from training_scripts.hyperparameters import HYPERPARAMETERS, validate_hyperparameters
 
 STOP_POLLING = 286  # htmx stops an `every 2s` trigger on this status

@@ -23,10 +23,10 @@ import pytest
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
-from datasets_app import storage
 from datasets_app.models import Dataset
 from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
 from jobs.tests.conftest import make_job, make_ready_dataset
+from llmtuner import storage
 
 # URL configuration modules that are ours; allauth's and the admin's have their own tests.
 OUR_URLCONFS = ("accounts.urls", "datasets_app.urls", "jobs.urls")

@@ -23,10 +23,10 @@ from accounts.tests.test_isolation import FILLERS, _make_objects
 # `check --deploy` with the production settings: accounts/tests/test_settings.py.
 from accounts.tests.test_settings import PRODUCTION_ENV
 from conftest import PASSWORD, make_user
-from datasets_app import storage
 from jobs.backends import local
 from jobs.models import JobStatus, LogLine, TrainingJob
 from jobs.tests.conftest import make_job, make_ready_dataset
+from llmtuner import storage
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("accounts", "datasets_app", "jobs", "llmtuner", "training_scripts", "bench")

@@ -8,11 +8,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from datasets_app import storage
 from datasets_app.models import Dataset
 from datasets_app.tasks import prepare_dataset
 from datasets_app.tests.conftest import SURVEY_HEADER
 from datasets_app.tests.test_upload import post_upload
+from llmtuner import storage
 
 pytestmark = pytest.mark.django_db
 

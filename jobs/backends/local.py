@@ -25,9 +25,9 @@ from pathlib import Path
 
 from django.conf import settings
 
-from datasets_app import storage
 from jobs import lifecycle
 from jobs.models import JobStatus, TrainingJob
+from llmtuner import storage
 from llmtuner.redact import redact
 
 logger = logging.getLogger(__name__)

@@ -58,9 +58,9 @@ from django.core.files.storage import storages
 from django.db.models import Q
 from django.utils import timezone
 
-from datasets_app import storage
 from jobs import lifecycle, pricing
 from jobs.models import Backend, InstanceType, JobStatus, TrainingJob
+from llmtuner import storage
 from training_scripts import progress
 from training_scripts.hyperparameters import (
     format_errors,

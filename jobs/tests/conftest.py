@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from datasets_app import storage
 from datasets_app.models import Dataset
 from jobs.models import BaseModel, TrainingJob
+from llmtuner import storage
 
 REPETITIVE_TEXT = [
     "The quick brown fox jumps over the lazy dog.",

@@ -8,11 +8,11 @@ import time
 import pytest
 from django.db import connections
 
-from datasets_app import storage
 from jobs import lifecycle
 from jobs.backends import local
 from jobs.models import JobStatus, LogLine, MetricPoint, TrainingJob
 from jobs.tests.conftest import make_job
+from llmtuner import storage
 
 pytestmark = [pytest.mark.slow]
 

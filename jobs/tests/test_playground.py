@@ -15,11 +15,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
 from moto import mock_aws
 
-from datasets_app import storage
 from jobs import playground
 from jobs.models import Backend, JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
 from jobs.playground import ModelArtifactsError, ModelCache, UnsafeArchive
 from jobs.tests.conftest import make_job
+from llmtuner import storage
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
-from datasets_app import storage
 from datasets_app.models import Dataset
 from datasets_app.preparation import VENDORED_TOKENIZER
 from jobs import playground
 from jobs.backends import local
 from jobs.models import BaseModel, JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
 from jobs.tests.conftest import TINY_HYPERPARAMETERS, make_job
+from llmtuner import storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 

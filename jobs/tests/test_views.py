@@ -9,12 +9,12 @@ import zipfile
 import pytest
 from django.core import mail
 
-from datasets_app import storage
 from datasets_app.models import Dataset
 from jobs import lifecycle
 from jobs.models import JobStatus, LogLine, MetricPoint, TrainingJob
 from jobs.notifications import send_job_finished_email
 from jobs.tests.conftest import make_job, make_ready_dataset, scratch_base_model
+from llmtuner import storage
 
 pytestmark = pytest.mark.django_db
 

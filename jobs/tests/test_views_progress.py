@@ -180,7 +180,7 @@ def test_the_progress_partial_makes_a_fixed_number_of_queries(
 
 
 def test_the_progress_partial_opens_no_file(owner_client, job, monkeypatch):
-    from datasets_app import storage
+    from llmtuner import storage
 
     def refuse(*args, **kwargs):
         raise AssertionError("the progress partial must not read storage")

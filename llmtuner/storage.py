@@ -1,4 +1,4 @@
-"""The one module that touches stored dataset files: the default storage, S3 or local media.
+"""The one module that touches stored files (datasets, job data, models, logs): S3 or local media.
 
 Everything streams: saving hands the file object to the storage (S3 does a
 multipart upload), reading returns a stream (an S3 GET body, or an open local
