@@ -15,7 +15,7 @@ from django.core.management.base import CommandError
 from accounts.models import get_profile
 from datasets_app.models import Dataset
 from datasets_app.tests.conftest import stored_files
-from jobs import manifest
+from jobs import batch
 from jobs.forms import estimate_for
 from jobs.models import Backend, InstanceType, JobStatus, ManifestDataset, TrainingJob
 from jobs.tests.conftest import make_ready_dataset, scratch_base_model
@@ -502,15 +502,15 @@ def test_a_sagemaker_entry_the_budget_cannot_pay_is_refused_by_the_launch_forms_
 
 
 def test_an_entry_submitted_meanwhile_by_another_run_counts_as_already_submitted(good_manifest, dataset):
-    plan = manifest.check_manifest(good_manifest)
+    plan = batch.check_manifest(good_manifest)
     assert plan.valid
     run(good_manifest)  # the other run
     datasets = Dataset.objects.count()
 
-    manifest.import_datasets(plan)
-    manifest.recheck(plan)
-    manifest.submit(plan)
+    batch.import_datasets(plan)
+    batch.recheck(plan)
+    batch.submit(plan)
 
-    assert [entry.state for entry in plan.entries] == [manifest.ALREADY, manifest.ALREADY]
+    assert [entry.state for entry in plan.entries] == [batch.ALREADY, batch.ALREADY]
     assert TrainingJob.objects.count() == 2
     assert Dataset.objects.count() == datasets  # the file the other run imported is reused

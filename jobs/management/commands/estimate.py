@@ -16,7 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from datasets_app.models import Dataset
-from jobs import manifest, presets, reports
+from jobs import batch, presets, reports
 from jobs.estimate import Estimate
 from jobs.forms import HYPERPARAMETER_FIELDS, estimate_for
 from jobs.models import Backend, BaseModel, InstanceType
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--preset",
             default=presets.AUTOMATIC,
-            choices=manifest.PRESET_NAMES,
+            choices=batch.PRESET_NAMES,
             help="the hyperparameters to start from (default automatic)",
         )
         parser.add_argument(
@@ -50,8 +50,8 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         dataset = self.find_dataset(options["dataset"])
         try:
-            base_model = manifest.find_model(options["model"])
-        except manifest.UnknownModel as error:
+            base_model = batch.find_model(options["model"])
+        except batch.UnknownModel as error:
             raise CommandError(str(error)) from None
         hyperparameters = self.hyperparameters(options["preset"], base_model, dataset, options["hp"])
         if options["backend"] == Backend.LOCAL:

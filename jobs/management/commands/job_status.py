@@ -13,7 +13,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jobs import manifest, reports
+from jobs import batch, reports
 from jobs.forms import ACTIVE_FILTER, JobFilterForm
 from jobs.models import JobStatus, TrainingJob
 
@@ -37,8 +37,8 @@ class Command(BaseCommand):
         jobs = TrainingJob.objects.select_related("owner", "instance_type").order_by("-created_at", "-pk")
         if options["user"]:
             try:
-                jobs = jobs.filter(owner=manifest.find_user(options["user"]))
-            except manifest.UnknownUser as error:
+                jobs = jobs.filter(owner=batch.find_user(options["user"]))
+            except batch.UnknownUser as error:
                 raise CommandError(str(error)) from None
         jobs = JobFilterForm({"status": options["status"] or ""}).filter(jobs)
         total = jobs.count()

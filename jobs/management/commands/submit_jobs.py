@@ -1,4 +1,4 @@
-"""Submit many training jobs at once from a YAML or CSV manifest (see jobs/manifest.py for the format).
+"""Submit many training jobs at once from a YAML or CSV manifest (see jobs/batch/__init__.py for the format).
 
     python manage.py submit_jobs jobs.yaml --dry-run
     python manage.py submit_jobs jobs.yaml
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from jobs import manifest, reports
+from jobs import batch, reports
 from jobs.estimate import format_duration
 from jobs.models import Backend
 
@@ -34,7 +34,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         dry_run = options["dry_run"]
-        plan = manifest.run_manifest(options["manifest"], dry_run=dry_run, progress=self.stderr.write)
+        plan = batch.run_manifest(options["manifest"], dry_run=dry_run, progress=self.stderr.write)
         if options["json"]:
             self.stdout.write(json.dumps(self.as_json(plan, dry_run), ensure_ascii=False, indent=2))
         elif not plan.valid:
@@ -52,12 +52,12 @@ class Command(BaseCommand):
     # --- text ---
 
     @staticmethod
-    def table(plan: manifest.Plan) -> str:
+    def table(plan: batch.Plan) -> str:
         rows = []
         for entry in plan.entries:
             estimate = entry.estimate
             later = "after import" if entry.needs_import else ""
-            if entry.state == manifest.ALREADY:
+            if entry.state == batch.ALREADY:
                 state = f"already submitted (job {entry.job.pk})"
                 steps = duration = cost = ""
             else:
@@ -86,7 +86,7 @@ class Command(BaseCommand):
         return reports.text_table(headers, rows, right={0, 6, 7, 8})
 
     @staticmethod
-    def totals_line(plan: manifest.Plan) -> str:
+    def totals_line(plan: batch.Plan) -> str:
         totals = plan.totals()
         line = (
             f"\n{totals['entries']} entr{'y' if totals['entries'] == 1 else 'ies'}: {totals['new']} to submit"
@@ -101,11 +101,11 @@ class Command(BaseCommand):
             line += f" (and {totals['unknown']} to estimate after import)"
         return line + "."
 
-    def print_problems(self, plan: manifest.Plan) -> None:
+    def print_problems(self, plan: batch.Plan) -> None:
         for problem in plan.problems:
             self.stderr.write(f"  {problem}")
 
-    def failure_line(self, plan: manifest.Plan) -> str:
+    def failure_line(self, plan: batch.Plan) -> str:
         count = len(plan.problems)
         what = f"{count} problem{'s' if count != 1 else ''}"
         imported = [entry for entry in plan.entries if entry.imported]
@@ -113,11 +113,11 @@ class Command(BaseCommand):
             return f"{what} found after importing {len(imported)} dataset file(s): nothing was submitted."
         return f"{what} in the manifest: nothing was imported or submitted."
 
-    def print_summary(self, plan: manifest.Plan) -> None:
+    def print_summary(self, plan: batch.Plan) -> None:
         for entry in plan.entries:
             job = f"job {entry.job.pk}" if entry.job is not None else "no job"
             self.stdout.write(f"  {entry.index}. {entry.name}: {job} ({entry.state})")
-        submitted, already = plan.count(manifest.SUBMITTED), plan.count(manifest.ALREADY)
+        submitted, already = plan.count(batch.SUBMITTED), plan.count(batch.ALREADY)
         text = f"Submitted {submitted} job{'s' if submitted != 1 else ''}"
         if already:
             text += f"; {already} already submitted before"
@@ -126,7 +126,7 @@ class Command(BaseCommand):
     # --- JSON ---
 
     @staticmethod
-    def as_json(plan: manifest.Plan, dry_run: bool) -> dict:
+    def as_json(plan: batch.Plan, dry_run: bool) -> dict:
         totals = plan.totals()
         totals["cost_usd"] = str(totals["cost_usd"])
         return {
