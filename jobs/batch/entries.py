@@ -20,7 +20,7 @@ from jobs import presets, pricing
 from jobs.batch.datasets import check_dataset, check_dataset_file_only
 from jobs.batch.launch_form import check_budgets, check_with_form
 from jobs.batch.plan import ALREADY, Entry, ManifestError, Plan
-from jobs.batch.reading import FIELDS, ROW_PROBLEMS, kind_of, read_manifest
+from jobs.batch.reading import FIELDS, ROW_PROBLEMS, LongNumber, kind_of, read_manifest
 from jobs.forms import HYPERPARAMETER_FIELDS
 from jobs.models import Backend, BaseModel, InstanceType, TrainingJob
 from training_scripts.hyperparameters import validate_hyperparameters
@@ -90,11 +90,13 @@ def _check_entry(entry: Entry, base_dir: Path) -> None:
         entry.name = str(name).strip()
     for field_name, message in raw.pop(ROW_PROBLEMS, []):
         entry.problem(field_name, message)
+    _refuse_long_numbers(entry)
     for key in raw:
         if key not in FIELDS:
             entry.problem(str(key), f"unknown field (known: {', '.join(FIELDS)})")
+    reported = {problem.field for problem in entry.problems}
     for key in REQUIRED:
-        if raw.get(key) in (None, ""):
+        if raw.get(key) in (None, "") and key not in reported:
             entry.problem(key, "is required")
     for key in ("name", "user", "mapping", "base_model", "backend", "instance_type", "method", "preset"):
         value = raw.get(key)
@@ -117,6 +119,21 @@ def _check_entry(entry: Entry, base_dir: Path) -> None:
         entry.state = ALREADY
         return
     check_with_form(entry)
+
+
+def _refuse_long_numbers(entry: Entry) -> None:
+    """A number the reader could not read is a problem of its field, which is then left out."""
+    fields = entry.raw
+    hyperparameters = fields.get("hyperparameters")
+    if isinstance(hyperparameters, dict):
+        for name, value in list(hyperparameters.items()):
+            if isinstance(value, LongNumber):
+                entry.problem(f"hyperparameters.{name}", str(value))
+                del hyperparameters[name]
+    for key, value in list(fields.items()):
+        if isinstance(value, LongNumber):
+            entry.problem(str(key), str(value))
+            del fields[key]
 
 
 def _check_user(entry: Entry) -> None:

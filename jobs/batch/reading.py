@@ -1,7 +1,8 @@
 """Reading a manifest file (YAML, which JSON is too, or CSV/TSV) into its entries, as written.
 
 Nothing here knows users, datasets or models: it refuses what cannot be read safely (not UTF-8,
-YAML's Python tags, nesting too deep, cells over the csv module's limit) and says where.
+YAML's Python tags, nesting too deep, cells over the csv module's limit) and says where. A number
+too long to read is left in its entry as a `LongNumber`, so that it is reported with its field.
 """
 
 from __future__ import annotations
@@ -9,6 +10,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,44 @@ HP_PREFIX = "hp."
 # Problems the CSV reader finds in a row, carried in the entry to be listed with the entry's own.
 ROW_PROBLEMS = "\x00problems"
 EXTRA_CELLS = "\x00extra"
+# Python reads and writes at most this many digits of a whole number in base 10 (0: any number).
+MAX_DIGITS = sys.get_int_max_str_digits()
+DIGITS = re.compile(r"[+-]?\d+")
+
+
+@dataclass(frozen=True)
+class LongNumber:
+    """A whole number with more digits than Python reads, in place of its value, and where it is."""
+
+    line: int
+    file: str
+
+    def __str__(self) -> str:
+        return (
+            f"line {self.line} of {self.file} holds a number of more than {MAX_DIGITS:,} digits, "
+            "too long to read"
+        )
+
+
+def read_number(read: Callable[[], int], line: int, file: str) -> int | LongNumber:
+    """What `read` makes of a whole number, or a LongNumber where it is too long to read or to show."""
+    try:
+        number = read()
+    except ValueError:  # int() refuses text over Python's limit
+        return LongNumber(line, file)
+    # Hexadecimal and base-60 numbers are read without that limit, but no message could show them.
+    if MAX_DIGITS and abs(number) >= 10**MAX_DIGITS:
+        return LongNumber(line, file)
+    return number
+
+
+def read_text(text: str, line: int, file: str) -> str | LongNumber:
+    """Text as written, unless it is digits too long to read as a number (a dataset id is read from text)."""
+    if DIGITS.fullmatch(text.strip()):
+        number = read_number(partial(int, text), line, file)
+        if isinstance(number, LongNumber):
+            return number
+    return text
 
 
 def read_manifest(path: Path) -> list[dict[str, Any]]:
@@ -45,13 +89,38 @@ def read_manifest(path: Path) -> list[dict[str, Any]]:
     except UnicodeDecodeError as error:
         raise ManifestError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     if path.suffix.lower() in (".csv", ".tsv"):
-        return parse_csv(text, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-    return parse_yaml(text)
+        return parse_csv(text, delimiter="\t" if path.suffix.lower() == ".tsv" else ",", file=path.name)
+    return parse_yaml(text, file=path.name)
 
 
-def parse_yaml(text: str) -> list[dict[str, Any]]:
+class ManifestLoader(yaml.SafeLoader):
+    """YAML's safe loader, which leaves a number too long to read as a LongNumber with its line."""
+
+    file = "the manifest"
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int | LongNumber:
+        return read_number(partial(super().construct_yaml_int, node), node.start_mark.line + 1, self.file)
+
+    def construct_yaml_str(self, node: yaml.ScalarNode) -> str | LongNumber:
+        return read_text(super().construct_yaml_str(node), node.start_mark.line + 1, self.file)
+
+
+ManifestLoader.add_constructor("tag:yaml.org,2002:int", ManifestLoader.construct_yaml_int)
+ManifestLoader.add_constructor("tag:yaml.org,2002:str", ManifestLoader.construct_yaml_str)
+
+
+def load_yaml(text: str, file: str) -> Any:
+    loader = ManifestLoader(text)
+    loader.file = file
     try:
-        document = yaml.safe_load(text)
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def parse_yaml(text: str, file: str = "the manifest") -> list[dict[str, Any]]:
+    try:
+        document = load_yaml(text, file)
     except RecursionError:
         raise ManifestError("not valid YAML: it is nested too deeply") from None
     except yaml.YAMLError as error:
@@ -72,7 +141,7 @@ def parse_yaml(text: str) -> list[dict[str, Any]]:
     return jobs
 
 
-def parse_csv(text: str, delimiter: str = ",") -> list[dict[str, Any]]:
+def parse_csv(text: str, delimiter: str = ",", file: str = "the manifest") -> list[dict[str, Any]]:
     """Rows as entries: empty cells are left out, `hyperparameters` (JSON) and `hp.*` columns merged."""
     reader = csv.DictReader(io.StringIO(text), delimiter=delimiter, restkey=EXTRA_CELLS)
     headers = [header.strip() for header in reader.fieldnames or []]
@@ -97,21 +166,28 @@ def parse_csv(text: str, delimiter: str = ",") -> list[dict[str, Any]]:
         cells = {key: value.strip() for key, value in row.items() if key and value and value.strip()}
         if not cells and not extra:
             continue
-        entries.append(csv_entry(cells, extra, reader.line_num))
+        entries.append(csv_entry(cells, extra, reader.line_num, file))
     if not entries:
         raise ManifestError("the CSV file has no rows")
     return entries
 
 
-def csv_entry(cells: dict[str, str], extra: list[str] | None, line: int) -> dict[str, Any]:
+def csv_entry(cells: dict[str, str], extra: list[str] | None, line: int, file: str) -> dict[str, Any]:
     """One row as an entry, with the problems only its cells can show."""
+    cells = {
+        key: value if key == "hyperparameters" else read_text(value, line, file)
+        for key, value in cells.items()
+    }
     entry: dict[str, Any] = {key: value for key, value in cells.items() if not key.startswith(HP_PREFIX)}
     problems = []
     if extra:
         problems.append(("", f"line {line} has more cells than there are columns"))
     if "hyperparameters" in entry:
         try:
-            entry["hyperparameters"] = json.loads(entry["hyperparameters"])
+            entry["hyperparameters"] = json.loads(
+                entry["hyperparameters"],
+                parse_int=lambda digits: read_number(partial(int, digits), line, file),
+            )
         except ValueError as error:
             problems.append(("hyperparameters", f"not a JSON object ({error})"))
             entry.pop("hyperparameters")
@@ -134,6 +210,12 @@ def kind_of(value: Any) -> str:
     """What a value is, in the words of a message ("a mapping", "a number")."""
     if value is None:
         return "nothing"
-    return {dict: "a mapping", list: "a list", bool: "true/false", int: "a number", float: "a number"}.get(
-        type(value), f"a {type(value).__name__}"
-    )
+    kinds = {
+        dict: "a mapping",
+        list: "a list",
+        bool: "true/false",
+        int: "a number",
+        float: "a number",
+        LongNumber: "a number",
+    }
+    return kinds.get(type(value), f"a {type(value).__name__}")

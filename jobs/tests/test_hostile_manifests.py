@@ -158,8 +158,16 @@ def test_a_hostile_manifest_is_refused_with_a_message_and_creates_nothing(
     os.symlink("/etc/passwd", tmp_path / "link-to-passwd.csv")
     if case.id == "someone-elses-dataset":
         dataset = theirs
-    path = tmp_path / f"jobs{case.suffix}"
-    content = case.content
+    said = refuse(tmp_path / f"jobs{case.suffix}", case.content, owner, dataset, settings)
+
+    assert case.message in said, said[:3000]
+
+
+def refuse(path, content: str | bytes, owner, dataset, settings) -> str:
+    """Write the manifest, run `submit_jobs` on it, check that it was refused and created nothing.
+
+    Returns all that the command said.
+    """
     if isinstance(content, str):
         content = content.replace("{email}", owner.email).replace("{dataset}", str(dataset.pk))
         content = content.encode()
@@ -175,8 +183,58 @@ def test_a_hostile_manifest_is_refused_with_a_message_and_creates_nothing(
     assert time.monotonic() - started < 20
     assert raised.value.returncode == 1
     said = f"{raised.value}\n{err.getvalue()}\n{out.getvalue()}"
-    assert case.message in said, said[:3000]
     assert "Traceback" not in said
     assert TrainingJob.objects.count() == 0
     assert Dataset.objects.count() == datasets_before
     assert stored_files(settings.MEDIA_ROOT) == files_before
+    return said
+
+
+# Python reads at most 4,300 digits of a number written in base 10 (its int-string conversion limit).
+LONG = "9" * 4301
+LONG_HEX = "0x" + "f" * 3600  # read without that limit, but 4,335 digits in base 10: too long to show
+JSON_MANIFEST = """{{
+  "jobs": [
+    {{
+      "name": "ok",
+      "user": "{{email}}",
+      "dataset": {dataset},
+      "base_model": "scratch:tiny-gpt2",
+      "hyperparameters": {{"epochs": 1, "max_steps": 20, "batch_size": {batch_size}}}
+    }}
+  ]
+}}
+"""
+GOOD_JSON = {"dataset": "{dataset}", "batch_size": "4"}
+BATCH_SIZE = "hyperparameters.batch_size"
+LONG_NUMBERS = [
+    # (id, file suffix, content, field, line)
+    ("yaml-hp", ".yaml", one(hyperparameters=f"{{epochs: 1, batch_size: {LONG}}}"), BATCH_SIZE, 6),
+    ("yaml-dataset", ".yaml", one(dataset=LONG), "dataset", 4),
+    ("yaml-quoted-dataset", ".yaml", one(dataset=f'"{LONG}"'), "dataset", 4),
+    ("yaml-cost-cap", ".yaml", one(max_cost_usd=LONG), "max_cost_usd", 7),
+    ("yaml-hex-hp", ".yaml", one(hyperparameters=f"{{batch_size: {LONG_HEX}}}"), BATCH_SIZE, 6),
+    ("json-hp", ".json", JSON_MANIFEST.format(**{**GOOD_JSON, "batch_size": LONG}), BATCH_SIZE, 8),
+    ("json-dataset", ".json", JSON_MANIFEST.format(**{**GOOD_JSON, "dataset": LONG}), "dataset", 6),
+    ("csv-dataset", ".csv", f"{CSV_HEADER}\nok,{{email}},{LONG},scratch:tiny-gpt2\n", "dataset", 2),
+    ("csv-hp-column", ".csv", f"{CSV_HEADER},hp.batch_size\nok,{CSV_ROW},{LONG}\n", BATCH_SIZE, 2),
+    ("csv-json-hp", ".csv", f'{CSV_HEADER},hyperparameters\nok,{CSV_ROW},"{{""batch_size"": {LONG}}}"\n',
+     BATCH_SIZE, 2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("suffix", "content", "field", "line"), [case[1:] for case in LONG_NUMBERS],
+                         ids=[case[0] for case in LONG_NUMBERS])  # fmt: skip
+def test_a_number_too_long_to_read_is_a_problem_naming_file_line_entry_and_field(
+    suffix, content, field, line, tmp_path, owner, settings
+):
+    scratch_base_model()
+    dataset = make_ready_dataset(owner)
+
+    said = refuse(tmp_path / f"jobs{suffix}", content, owner, dataset, settings)
+
+    assert (
+        f"entry 1 (ok): {field}: line {line} of jobs{suffix} holds a number of more than 4,300 digits, "
+        "too long to read"
+    ) in said, said[:3000]
+    assert "1 problem in the manifest: nothing was imported or submitted." in said
