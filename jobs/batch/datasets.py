@@ -28,7 +28,7 @@ def check_dataset(entry: Entry, base_dir: Path) -> None:
         return
     mapping = entry.text("mapping")
     if (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, str) and value.strip().isdigit()
+        isinstance(value, str) and value.strip().isdecimal()
     ):
         if mapping:
             entry.problem("mapping", "only a dataset given as a file is read with a mapping")
@@ -53,7 +53,7 @@ def check_dataset(entry: Entry, base_dir: Path) -> None:
 def check_dataset_file_only(entry: Entry, base_dir: Path) -> None:
     """Without a user, a file dataset can still be checked (so its problems are listed too)."""
     value = entry.raw.get("dataset")
-    if isinstance(value, str) and not value.strip().isdigit():
+    if isinstance(value, str) and not value.strip().isdecimal():
         _check_file(entry, value, entry.text("mapping"), base_dir)
 
 

@@ -99,6 +99,7 @@ CASES = [
     Case("someone-elses-dataset", yaml_manifest(yaml_entry()), "is not one of alice@example.com's datasets"),
     Case("dataset-negative-id", one(dataset="-1"), "no dataset has the id -1"),
     Case("dataset-a-list", one(dataset="[1, 2]"), "must be a dataset id or a file path"),
+    Case("dataset-superscript-digits", one(dataset="'²'"), "file not found"),
     Case("dataset-path-traversal", one(dataset="../../../../../../etc/passwd"), "inside"),
     Case("dataset-absolute-path", one(dataset="/etc/hostname"), "inside"),
     Case("dataset-home", one(dataset="~/.bashrc"), "inside"),
