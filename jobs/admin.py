@@ -12,12 +12,14 @@ from decimal import Decimal
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
 
+from accounts import admin as accounts_admin
 from jobs import actions, lifecycle, reports
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
 
@@ -336,3 +338,40 @@ def _still_running(job: TrainingJob) -> bool:
     if job.backend == Backend.SAGEMAKER:
         return job.sagemaker_status in AWS_RUNNING
     return job.status not in FINAL_STATES and job.status != JobStatus.QUEUED
+
+
+# --- users: this month's spend and number of jobs ---
+# The user admin is accounts'; these columns read jobs, so jobs adds them and accounts imports no jobs.
+
+User = get_user_model()
+admin.site.unregister(User)
+
+
+@admin.register(User)
+class UserAdmin(accounts_admin.UserAdmin):
+    list_display = [
+        "email",
+        "username",
+        "monthly_budget",
+        "spend_this_month",
+        "job_count",
+        "is_staff",
+        "is_active",
+        "date_joined",
+    ]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        # Subqueries in the one list query: no query per row.
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(month_spend_usd=reports.month_spend_subquery(), jobs_count=reports.job_count_subquery())
+        )
+
+    @admin.display(description="Spent this month (USD)", ordering="month_spend_usd")
+    def spend_this_month(self, user) -> str:
+        return f"{Decimal(user.month_spend_usd):,.2f}"
+
+    @admin.display(description="Jobs", ordering="jobs_count")
+    def job_count(self, user) -> int:
+        return user.jobs_count
