@@ -85,9 +85,8 @@ def test_a_missing_stored_model_is_a_clear_error(owner, tmp_path):
         artifacts.fetch(job, tmp_path / "fetched")
 
 
-def test_a_local_jobs_model_comes_from_s3_when_that_is_the_default_storage(
-    owner, sagemaker_output, settings, tmp_path
-):
+@pytest.fixture
+def s3_default_storage(sagemaker_output, settings):
     sagemaker_output.create_bucket(Bucket="llmtuner-files")
     settings.STORAGES = {
         **settings.STORAGES,
@@ -97,6 +96,11 @@ def test_a_local_jobs_model_comes_from_s3_when_that_is_the_default_storage(
         },
     }
     assert storage.is_s3()
+
+
+def test_a_local_jobs_model_comes_from_s3_when_that_is_the_default_storage(
+    owner, s3_default_storage, tmp_path
+):
     job = completed(make_job(owner))
     storage.save(f"{job.model_prefix}/config.json", io.BytesIO(b'{"model_type": "gpt2"}'))
     storage.save(f"{job.model_prefix}/tokenizer/vocab.json", io.BytesIO(b"{}"))
@@ -129,6 +133,14 @@ def test_a_sagemaker_jobs_model_tar_gz_is_streamed_and_unpacked(owner, sagemaker
     assert (folder / "config.json").read_bytes() == b'{"model_type": "gpt2"}'
     assert files_under(folder) == ["config.json", "sub/x.txt", "tokenizer.json"]
     assert sorted(p.name for p in work.iterdir()) == ["model"]  # no archive was left behind
+
+
+def test_a_sagemaker_archive_is_read_through_the_default_storages_connection_when_that_is_s3(
+    owner, sagemaker_output, s3_default_storage, tmp_path
+):
+    job = sagemaker_job(owner, sagemaker_output, tar_gz({"config.json": b"{}"}))
+
+    assert files_under(artifacts.fetch(job, tmp_path / "fetched")) == ["config.json"]
 
 
 def test_an_archive_that_wraps_the_model_in_one_folder_loads_from_that_folder(
