@@ -1,19 +1,15 @@
-"""What the jobs pages do to jobs, beside the lifecycle: launch, retry, delete, download.
+"""What the jobs pages do to jobs, beside the lifecycle: launch, retry, delete.
 
 State changes of a running job stay in jobs.lifecycle; these functions make
-new queued rows (and hand them to their backend after commit), remove final
-ones, and read a finished job's stored model.
+new queued rows (and hand them to their backend after commit) and remove final
+ones. A finished job's stored model is read through jobs.artifacts.
 """
 
 from __future__ import annotations
 
 import logging
-import posixpath
-import zipfile
-from collections.abc import Iterator
 from typing import Any
 
-from django.core.files.storage import storages
 from django.db import transaction
 
 from jobs.backends import queue_job
@@ -23,9 +19,6 @@ from llmtuner import storage
 
 logger = logging.getLogger(__name__)
 RETRYABLE_STATES = frozenset({JobStatus.FAILED, JobStatus.STOPPED})
-ZIP_CHUNK = 1024 * 1024
-# Weights are already dense; compressing them costs CPU for nothing.
-STORED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".zip", ".gz")
 
 
 class ActionError(Exception):
@@ -80,69 +73,3 @@ def delete_job(job: TrainingJob) -> None:
     storage.delete_prefix(job.storage_prefix() + "/")
     # The row goes only if nobody restarted it meanwhile.
     TrainingJob.objects.filter(pk=job.pk, status__in=FINAL_STATES).delete()
-
-
-def model_files(job: TrainingJob) -> list[tuple[str, str]]:
-    """(storage key, name in the zip) of every file of a completed job's tuned model."""
-    if job.status != JobStatus.COMPLETED or not job.model_prefix:
-        return []
-    prefix = job.model_prefix.rstrip("/") + "/"
-    keys = storage.list_keys(prefix)
-    location = _storage_location()
-    files = []
-    for key in keys:
-        relative = key[len(location) :] if location and key.startswith(location) else key
-        if not relative.startswith(prefix):
-            continue
-        name = posixpath.normpath(relative[len(prefix) :])
-        if name.startswith(("../", "/")) or name == "..":
-            continue
-        files.append((relative, name))
-    return files
-
-
-def iter_zip(files: list[tuple[str, str]], folder: str) -> Iterator[bytes]:
-    """A zip of stored files, produced chunk by chunk as it is sent: never whole in memory or on disk."""
-    sink = _Sink()
-    with zipfile.ZipFile(sink, mode="w", allowZip64=True) as archive:
-        for key, name in files:
-            size = storages["default"].size(key)
-            info = zipfile.ZipInfo(f"{folder}/{name}")
-            info.compress_type = (
-                zipfile.ZIP_STORED if name.endswith(STORED_SUFFIXES) else zipfile.ZIP_DEFLATED
-            )
-            info.file_size = size
-            info.external_attr = 0o644 << 16
-            with storage.open_stream(key) as source, archive.open(info, "w") as target:
-                while chunk := source.read(ZIP_CHUNK):
-                    target.write(chunk)
-                    yield from sink.drain()
-            yield from sink.drain()
-    yield from sink.drain()
-
-
-class _Sink:
-    """A write-only, unseekable file for ZipFile, emptied after each chunk.
-
-    (Unseekable, so zipfile writes each member's sizes in a data descriptor after it.)
-    """
-
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data: bytes) -> int:
-        self.chunks.append(bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def drain(self) -> Iterator[bytes]:
-        chunks, self.chunks = self.chunks, []
-        yield from (chunk for chunk in chunks if chunk)
-
-
-def _storage_location() -> str:
-    location = getattr(storages["default"], "location", "") or ""
-    # The local file storage's location is a filesystem path; its keys are relative already.
-    return "" if location.startswith("/") else (location.rstrip("/") + "/" if location else "")

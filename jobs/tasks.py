@@ -5,8 +5,9 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from jobs import backends, lifecycle, notifications, playground
+from jobs import backends, lifecycle, notifications
 from jobs.backends import local, sagemaker
+from jobs.playground import runs as playground
 
 
 @shared_task(acks_late=True)

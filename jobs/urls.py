@@ -1,6 +1,7 @@
 from django.urls import path
 
-from jobs import playground_views, views
+from jobs import views
+from jobs.playground import views as playground_views
 
 app_name = "jobs"
 urlpatterns = [

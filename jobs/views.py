@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, lifecycle, polling, pricing
+from jobs import actions, artifacts, lifecycle, polling, pricing
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -442,11 +442,12 @@ def delete(request: HttpRequest, pk: int) -> HttpResponse:
 def download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     """The tuned model's Hugging Face folder as a zip, streamed from storage as it is read."""
     job = _get_job_for_user(request, pk)
-    files = actions.model_files(job)
-    if not files:
-        raise Http404("This job has no tuned model to download.")
     folder = slugify(job.name) or f"job-{job.pk}"
-    response = StreamingHttpResponse(actions.iter_zip(files, folder), content_type="application/zip")
+    try:
+        content = artifacts.zip_stream(job, folder)
+    except artifacts.ModelArtifactsError:
+        raise Http404("This job has no tuned model to download.") from None
+    response = StreamingHttpResponse(content, content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{folder}.zip"'
     return response
 

@@ -1,4 +1,5 @@
-"""The one module that touches stored files (datasets, job data, models, logs): S3 or local media.
+"""The one module that touches stored files (datasets, job data, models, logs): S3 or local media,
+and the s3:// objects other services leave us (a SageMaker job's model.tar.gz).
 
 Everything streams: saving hands the file object to the storage (S3 does a
 multipart upload), reading returns a stream (an S3 GET body, or an open local
@@ -14,9 +15,12 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import urlparse
 
+import boto3
 from boto3.exceptions import S3UploadFailedError
 from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 from django.http import FileResponse, HttpResponse, HttpResponseRedirect
@@ -107,12 +111,19 @@ def delete(keys: list[str]) -> None:
             storage.delete(key)
 
 
+def size(key: str) -> int:
+    return _storage().size(key)
+
+
 def list_keys(prefix: str) -> list[str]:
-    """Every stored key under `prefix` (a folder path ending in /)."""
+    """Every stored key under `prefix` (a folder path ending in /), as the keys we open them by."""
     storage = _storage()
     if is_s3(storage):
         name = storage._normalize_name(prefix) if hasattr(storage, "_normalize_name") else prefix
-        return sorted(obj.key for obj in storage.bucket.objects.filter(Prefix=name))
+        # The bucket lists whole object names: the storage's location comes off again.
+        location = (getattr(storage, "location", "") or "").strip("/")
+        location = f"{location}/" if location else ""
+        return sorted(obj.key.removeprefix(location) for obj in storage.bucket.objects.filter(Prefix=name))
     root = Path(storage.path(prefix))
     if not root.is_dir():
         return []
@@ -137,6 +148,46 @@ def delete_prefix(prefix: str) -> None:
             path.rmdir()
     with contextlib.suppress(OSError):
         folder.rmdir()
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """(bucket, key) of an s3://bucket/key URI; ValueError for anything else."""
+    parsed = urlparse(uri)
+    bucket, key = parsed.netloc, parsed.path.lstrip("/")
+    if parsed.scheme != "s3" or not bucket or not key:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    return bucket, key
+
+
+def uri_exists(uri: str) -> bool:
+    bucket, key = parse_s3_uri(uri)
+    try:
+        _s3_client().head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey"):
+            return False
+        raise
+    return True
+
+
+@contextlib.contextmanager
+def open_uri(uri: str) -> Iterator[BinaryIO]:
+    """A binary stream of the object at an s3:// URI (any bucket), read as it is consumed."""
+    bucket, key = parse_s3_uri(uri)
+    body = _s3_client().get_object(Bucket=bucket, Key=key)["Body"]
+    try:
+        yield body
+    finally:
+        body.close()
+
+
+def _s3_client():
+    # The default storage's own connection when it is S3 (same endpoint, credentials and
+    # retries as every other file); otherwise a client on the same settings it would use.
+    storage = _storage()
+    if is_s3(storage):
+        return storage.connection.meta.client
+    return boto3.client("s3", endpoint_url=settings.AWS_S3_ENDPOINT_URL, region_name=settings.AWS_REGION)
 
 
 def download_response(key: str, filename: str) -> HttpResponse:

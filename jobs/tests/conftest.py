@@ -2,11 +2,15 @@ from __future__ import annotations
 
 import io
 import json
+import tarfile
 
+import boto3
 import pytest
+from django.utils import timezone
+from moto import mock_aws
 
 from datasets_app.models import Dataset
-from jobs.models import BaseModel, TrainingJob
+from jobs.models import Backend, BaseModel, JobStatus, TrainingJob
 from llmtuner import storage
 
 REPETITIVE_TEXT = [
@@ -86,3 +90,61 @@ def job(job_factory):
 @pytest.fixture
 def other_job(job_factory):
     return job_factory(name="Another")
+
+
+# --- Completed jobs and their stored models ---
+
+OUTPUT_BUCKET = "sagemaker-output"
+
+
+def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type = tarfile.SYMTYPE
+            info.linkname = target
+            tar.addfile(info)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def sagemaker_output(monkeypatch):
+    """An S3 (moto) with the bucket SageMaker writes model.tar.gz archives to."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=OUTPUT_BUCKET)
+        yield client
+
+
+def completed(job: TrainingJob, **fields) -> TrainingJob:
+    defaults = {"model_prefix": f"{job.storage_prefix()}/model"}
+    TrainingJob.objects.filter(pk=job.pk).update(
+        status=JobStatus.COMPLETED, finished_at=timezone.now(), **{**defaults, **fields}
+    )
+    job.refresh_from_db()
+    return job
+
+
+def sagemaker_job(
+    owner, client, archive: bytes | None, key: str = "tiny-1/output/model.tar.gz"
+) -> TrainingJob:
+    """A completed SageMaker job whose model.tar.gz (if given) is in the output bucket."""
+    if archive is not None:
+        client.put_object(Bucket=OUTPUT_BUCKET, Key=key, Body=archive)
+    return completed(
+        make_job(owner, backend=Backend.SAGEMAKER),
+        model_prefix="",
+        model_artifacts_uri=f"s3://{OUTPUT_BUCKET}/{key}",
+    )

@@ -20,9 +20,10 @@ from django.utils import timezone
 
 from datasets_app.actions import resend_lost_preparations
 from datasets_app.models import Dataset
-from jobs import actions, playground
+from jobs import actions
 from jobs.backends import queue_job, resend_lost_jobs
 from jobs.models import JobStatus, LogLine, PlaygroundRun, PlaygroundStatus, TrainingJob
+from jobs.playground import runs as playground
 from jobs.tests.conftest import TINY_HYPERPARAMETERS, make_job, make_ready_dataset, scratch_base_model
 from jobs.tests.throwaway import (
     ThrowawayRedis,

@@ -1,24 +1,22 @@
-"""Playground domain: the model cache, fetching the tuned model safely, and runs that end in failure."""
+"""Playground domain: the model cache, the tuned model's folder on a worker, and runs that end in failure."""
 
 from __future__ import annotations
 
 import io
 import subprocess
 import sys
-import tarfile
 from datetime import timedelta
 from pathlib import Path
 
-import boto3
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from django.utils import timezone
-from moto import mock_aws
 
-from jobs import playground
-from jobs.models import Backend, JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
-from jobs.playground import ModelArtifactsError, ModelCache, UnsafeArchive
-from jobs.tests.conftest import make_job
+from jobs.artifacts import ModelArtifactsError, UnsafeArchive
+from jobs.models import PlaygroundRun, PlaygroundStatus
+from jobs.playground import runs
+from jobs.playground.cache import MODEL_CACHE, ModelCache, model_folder
+from jobs.tests.conftest import completed, make_job, sagemaker_job, tar_gz
 from llmtuner import storage
 
 BASE_DIR = Path(__file__).resolve().parents[2]
@@ -27,33 +25,9 @@ BASE_DIR = Path(__file__).resolve().parents[2]
 @pytest.fixture(autouse=True)
 def model_cache_dir(settings, tmp_path):
     settings.PLAYGROUND_CACHE_DIR = tmp_path / "model-cache"
-    playground.MODEL_CACHE.clear()
+    MODEL_CACHE.clear()
     yield settings.PLAYGROUND_CACHE_DIR
-    playground.MODEL_CACHE.clear()
-
-
-def completed(job: TrainingJob, **fields) -> TrainingJob:
-    defaults = {"model_prefix": f"{job.storage_prefix()}/model"}
-    TrainingJob.objects.filter(pk=job.pk).update(
-        status=JobStatus.COMPLETED, finished_at=timezone.now(), **{**defaults, **fields}
-    )
-    job.refresh_from_db()
-    return job
-
-
-def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-        for name, target in (links or {}).items():
-            info = tarfile.TarInfo(name)
-            info.type = tarfile.SYMTYPE
-            info.linkname = target
-            tar.addfile(info)
-    return buffer.getvalue()
+    MODEL_CACHE.clear()
 
 
 # --- The LRU of loaded models -------------------------------------------------------
@@ -101,54 +75,7 @@ def test_a_failed_load_leaves_nothing_in_the_cache():
     assert cache.keys() == []
 
 
-# --- Unpacking a SageMaker model.tar.gz ------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    "bad_name", ["../escaped.txt", "model/../../escaped.txt", "/tmp/escaped.txt", "..", "C:/escaped.txt"]
-)
-def test_safe_extraction_refuses_members_that_would_land_outside(tmp_path, bad_name):
-    archive = tmp_path / "model.tar.gz"
-    archive.write_bytes(tar_gz({"config.json": b"{}", bad_name: b"gotcha"}))
-    destination = tmp_path / "out" / "model"
-    destination.mkdir(parents=True)
-
-    with pytest.raises(UnsafeArchive, match="would land outside the model folder"):
-        playground.safe_extract_tar(archive, destination)
-
-    assert not (tmp_path / "out" / "escaped.txt").exists()
-    assert not (tmp_path / "escaped.txt").exists()
-    assert not Path("/tmp/escaped.txt").exists()
-
-
-def test_safe_extraction_refuses_links(tmp_path):
-    archive = tmp_path / "model.tar.gz"
-    archive.write_bytes(tar_gz({"config.json": b"{}"}, links={"weights.bin": "/etc/passwd"}))
-
-    with pytest.raises(UnsafeArchive, match="holds a link"):
-        playground.safe_extract_tar(archive, tmp_path / "out")
-
-
-def test_safe_extraction_unpacks_an_ordinary_model_archive(tmp_path):
-    archive = tmp_path / "model.tar.gz"
-    archive.write_bytes(tar_gz({"config.json": b'{"a": 1}', "./tokenizer.json": b"{}", "sub/x.txt": b"x"}))
-
-    playground.safe_extract_tar(archive, tmp_path / "out")
-
-    assert (tmp_path / "out" / "config.json").read_bytes() == b'{"a": 1}'
-    assert (tmp_path / "out" / "tokenizer.json").exists()
-    assert (tmp_path / "out" / "sub" / "x.txt").read_bytes() == b"x"
-
-
-def test_a_corrupt_archive_is_a_clear_error(tmp_path):
-    archive = tmp_path / "model.tar.gz"
-    archive.write_bytes(b"\x1f\x8b not really gzip")
-
-    with pytest.raises(ModelArtifactsError, match="could not be read"):
-        playground.safe_extract_tar(archive, tmp_path / "out")
-
-
-# --- Fetching the tuned model ---------------------------------------------------------
+# --- The tuned model's folder, fetched once per machine ------------------------------
 
 
 @pytest.mark.django_db
@@ -157,13 +84,13 @@ def test_a_local_jobs_model_folder_comes_from_storage_once_per_machine(owner, se
     for name, data in {"config.json": b"{}", "tokenizer.json": b"{}", "nested/extra.bin": b"\0\1"}.items():
         storage.save(f"{job.model_prefix}/{name}", io.BytesIO(data))
 
-    folder = playground.model_folder(job)
+    folder = model_folder(job)
 
     assert folder.parent == settings.PLAYGROUND_CACHE_DIR
     assert (folder / "config.json").read_bytes() == b"{}"
     assert (folder / "nested" / "extra.bin").read_bytes() == b"\0\1"
     storage.delete_prefix(f"{job.model_prefix}/")
-    assert playground.model_folder(job) == folder  # served from disk, storage not asked again
+    assert model_folder(job) == folder  # served from disk, storage not asked again
     assert [p.name for p in settings.PLAYGROUND_CACHE_DIR.iterdir() if p.is_dir()] == [folder.name]
 
 
@@ -172,104 +99,23 @@ def test_a_missing_stored_model_is_a_clear_error_and_leaves_no_half_folder(owner
     job = completed(make_job(owner))
 
     with pytest.raises(ModelArtifactsError, match="missing from storage"):
-        playground.model_folder(job)
+        model_folder(job)
 
     assert not [p for p in settings.PLAYGROUND_CACHE_DIR.iterdir() if p.is_dir()]
 
 
-@pytest.fixture
-def s3(monkeypatch):
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        client = boto3.client("s3", region_name="us-east-1")
-        client.create_bucket(Bucket="sagemaker-output")
-        yield client
-
-
 @pytest.mark.django_db
-def test_a_local_jobs_model_comes_from_s3_when_that_is_the_default_storage(owner, s3, settings, tmp_path):
-    s3.create_bucket(Bucket="llmtuner-files")
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "default": {
-            "BACKEND": "storages.backends.s3.S3Storage",
-            "OPTIONS": {"bucket_name": "llmtuner-files", "region_name": "us-east-1", "location": "media"},
-        },
-    }
-    assert storage.is_s3()
-    job = completed(make_job(owner))
-    storage.save(f"{job.model_prefix}/config.json", io.BytesIO(b'{"model_type": "gpt2"}'))
-    storage.save(f"{job.model_prefix}/tokenizer/vocab.json", io.BytesIO(b"{}"))
-
-    folder = playground.fetch_model_artifacts(job, tmp_path / "fetched")
-
-    assert (folder / "config.json").read_bytes() == b'{"model_type": "gpt2"}'
-    assert (folder / "tokenizer" / "vocab.json").read_bytes() == b"{}"
-    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()) == [
-        "config.json",
-        "tokenizer/vocab.json",
-    ]
-
-
-@pytest.mark.django_db
-def test_a_sagemaker_jobs_model_tar_gz_is_downloaded_and_unpacked(owner, s3, tmp_path):
-    s3.put_object(
-        Bucket="sagemaker-output",
-        Key="jobs/tiny-1/output/model.tar.gz",
-        Body=tar_gz({"config.json": b'{"model_type": "gpt2"}', "model.safetensors": b"weights"}),
-    )
-    job = completed(
-        make_job(owner, backend=Backend.SAGEMAKER),
-        model_prefix="",
-        model_artifacts_uri="s3://sagemaker-output/jobs/tiny-1/output/model.tar.gz",
-    )
-
-    work = tmp_path / "work"
-    folder = playground.fetch_model_artifacts(job, work / "model")
-
-    assert folder == work / "model"
-    assert (folder / "config.json").read_bytes() == b'{"model_type": "gpt2"}'
-    assert (folder / "model.safetensors").read_bytes() == b"weights"
-    assert sorted(p.name for p in work.iterdir()) == ["model"]  # the archive was not left behind
-
-
-@pytest.mark.django_db
-def test_a_sagemaker_archive_with_a_bad_member_is_refused(owner, s3, tmp_path, settings):
-    s3.put_object(
-        Bucket="sagemaker-output",
-        Key="model.tar.gz",
-        Body=tar_gz({"config.json": b"{}", "../../outside.txt": b"gotcha"}),
-    )
-    job = completed(
-        make_job(owner, backend=Backend.SAGEMAKER),
-        model_prefix="",
-        model_artifacts_uri="s3://sagemaker-output/model.tar.gz",
+def test_a_sagemaker_archive_with_a_bad_member_leaves_nothing_in_the_cache(owner, sagemaker_output, settings):
+    job = sagemaker_job(
+        owner, sagemaker_output, tar_gz({"config.json": b"{}", "../../outside.txt": b"gotcha"})
     )
 
     with pytest.raises(UnsafeArchive):
-        playground.model_folder(job)
+        model_folder(job)
 
     assert not list(settings.PLAYGROUND_CACHE_DIR.rglob("outside.txt"))
     assert not (settings.PLAYGROUND_CACHE_DIR.parent / "outside.txt").exists()
     assert not [p for p in settings.PLAYGROUND_CACHE_DIR.iterdir() if p.is_dir()]
-
-
-@pytest.mark.django_db
-def test_a_missing_sagemaker_archive_is_a_clear_error(owner, s3, tmp_path):
-    job = completed(
-        make_job(owner, backend=Backend.SAGEMAKER),
-        model_prefix="",
-        model_artifacts_uri="s3://sagemaker-output/nothing/model.tar.gz",
-    )
-
-    with pytest.raises(ModelArtifactsError, match="Could not download the tuned model from s3://"):
-        playground.fetch_model_artifacts(job, tmp_path / "model")
 
 
 # --- Runs -------------------------------------------------------------------------------
@@ -279,8 +125,8 @@ def test_a_missing_sagemaker_archive_is_a_clear_error(owner, s3, tmp_path):
 def test_a_prompt_for_a_job_that_is_not_completed_is_refused(owner):
     job = make_job(owner)
 
-    with pytest.raises(playground.PlaygroundUnavailable, match="opens once it has completed"):
-        playground.submit_prompt(job, prompt="Hi", max_new_tokens=8, temperature=0, top_p=1)
+    with pytest.raises(runs.PlaygroundUnavailable, match="opens once it has completed"):
+        runs.submit_prompt(job, prompt="Hi", max_new_tokens=8, temperature=0, top_p=1)
 
     assert not PlaygroundRun.objects.exists()
 
@@ -290,7 +136,7 @@ def test_a_run_whose_model_is_missing_fails_with_the_reason(owner):
     job = completed(make_job(owner))
     run = PlaygroundRun.objects.create(job=job, prompt="Hi", max_new_tokens=8, temperature=0, top_p=1)
 
-    playground.run_generation(run.pk)
+    runs.run_generation(run.pk)
 
     run.refresh_from_db()
     assert run.status == PlaygroundStatus.FAILED
@@ -309,7 +155,7 @@ def test_a_run_whose_model_is_missing_fails_with_the_reason(owner):
 def test_a_run_that_runs_out_of_time_or_breaks_fails_with_a_message(
     owner, monkeypatch, settings, raised, message
 ):
-    from jobs import generation
+    from jobs.playground import generation
 
     settings.PLAYGROUND_TIME_LIMIT_SECONDS = 600
     job = completed(make_job(owner))
@@ -320,7 +166,7 @@ def test_a_run_that_runs_out_of_time_or_breaks_fails_with_a_message(
         raise raised
 
     monkeypatch.setattr(generation, "compare", compare)
-    playground.run_generation(run.pk)
+    runs.run_generation(run.pk)
 
     run.refresh_from_db()
     assert run.status == PlaygroundStatus.FAILED
@@ -335,7 +181,7 @@ def test_a_run_is_generated_once_even_if_its_task_comes_twice(owner):
         job=job, prompt="Hi", max_new_tokens=8, temperature=0, top_p=1, status=PlaygroundStatus.DONE
     )
 
-    playground.run_generation(run.pk)
+    runs.run_generation(run.pk)
 
     run.refresh_from_db()
     assert run.status == PlaygroundStatus.DONE
@@ -359,7 +205,7 @@ def test_runs_left_behind_by_a_dead_worker_are_failed(owner, settings):
     forgotten = run()
     PlaygroundRun.objects.filter(pk=forgotten.pk).update(created_at=now - timedelta(hours=3))
 
-    assert sorted(playground.fail_stale_runs()) == sorted([dead.pk, forgotten.pk])
+    assert sorted(runs.fail_stale_runs()) == sorted([dead.pk, forgotten.pk])
 
     statuses = dict(PlaygroundRun.objects.values_list("pk", "status"))
     assert statuses == {
@@ -374,7 +220,7 @@ def test_runs_left_behind_by_a_dead_worker_are_failed(owner, settings):
 def test_the_web_process_never_imports_torch():
     code = (
         "import django, sys; django.setup();"
-        "import llmtuner.urls, jobs.urls, jobs.playground_views, jobs.playground, jobs.tasks;"
+        "import llmtuner.urls, jobs.urls, jobs.playground.views, jobs.playground.runs, jobs.tasks;"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules];"
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

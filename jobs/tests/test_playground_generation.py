@@ -14,9 +14,11 @@ from django.utils import timezone
 
 from datasets_app.models import Dataset
 from datasets_app.preparation import VENDORED_TOKENIZER
-from jobs import playground
+from jobs import artifacts
 from jobs.backends import local
 from jobs.models import BaseModel, JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
+from jobs.playground import runs
+from jobs.playground.cache import MODEL_CACHE
 from jobs.tests.conftest import TINY_HYPERPARAMETERS, make_job
 from llmtuner import storage
 
@@ -26,9 +28,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 @pytest.fixture(autouse=True)
 def model_cache_dir(settings, tmp_path):
     settings.PLAYGROUND_CACHE_DIR = tmp_path / "model-cache"
-    playground.MODEL_CACHE.clear()
+    MODEL_CACHE.clear()
     yield settings.PLAYGROUND_CACHE_DIR
-    playground.MODEL_CACHE.clear()
+    MODEL_CACHE.clear()
 
 
 def train(job: TrainingJob) -> TrainingJob:
@@ -40,10 +42,8 @@ def train(job: TrainingJob) -> TrainingJob:
 
 def ask(job: TrainingJob, prompt: str, **settings) -> PlaygroundRun:
     values = {"max_new_tokens": 12, "temperature": 0.0, "top_p": 1.0, **settings}
-    run = PlaygroundRun.objects.create(
-        job=job, prompt=prompt, base_label=playground.base_label(job), **values
-    )
-    playground.run_generation(run.pk)
+    run = PlaygroundRun.objects.create(job=job, prompt=prompt, base_label=runs.base_label(job), **values)
+    runs.run_generation(run.pk)
     run.refresh_from_db()
     return run
 
@@ -138,14 +138,14 @@ def test_a_scratch_job_answers_beside_its_untrained_baseline(owner, settings):
     assert again.status == PlaygroundStatus.DONE
     assert (again.tuned_output, again.base_output) == (run.tuned_output, run.base_output)
     assert again.load_seconds < run.load_seconds
-    assert len(playground.MODEL_CACHE.keys()) == 2
+    assert len(MODEL_CACHE.keys()) == 2
 
     # With room for one model, each is unloaded to make room for the other, and the
     # reloaded baseline is still the same random model.
     settings.PLAYGROUND_CACHE_MODELS = 1
     single = ask(job, "The quick brown")
     assert (single.tuned_output, single.base_output) == (run.tuned_output, run.base_output)
-    assert playground.MODEL_CACHE.keys() == [f"untrained:{job.pk}:{playground.model_identity(job)}"]
+    assert MODEL_CACHE.keys() == [f"untrained:{job.pk}:{artifacts.model_identity(job)}"]
 
     sampled = ask(job, "A stitch", temperature=1.2, top_p=0.9, max_new_tokens=500)
     assert sampled.status == PlaygroundStatus.DONE, sampled.error
@@ -172,7 +172,7 @@ def test_a_lora_adapter_answers_beside_its_base_with_the_adapter_off(owner, tmp_
     assert run.base_label == f"Base model ({base.hub_id}, the adapter switched off)"
     assert run.tuned_tokens > 0 and run.base_tokens > 0
     assert run.tuned_output != run.base_output  # the adapter changed what the model says
-    assert playground.MODEL_CACHE.keys() == [f"tuned:{job.pk}:{playground.model_identity(job)}"]
+    assert MODEL_CACHE.keys() == [f"tuned:{job.pk}:{artifacts.model_identity(job)}"]
 
 
 def test_a_full_fine_tune_of_a_pretrained_model_loads_its_base_separately(owner, tmp_path):
@@ -189,8 +189,8 @@ def test_a_full_fine_tune_of_a_pretrained_model_loads_its_base_separately(owner,
     assert run.base_label == f"Base model ({base.hub_id})"
     assert run.tuned_tokens == run.base_tokens == 8
     assert run.tuned_output == run.base_output
-    assert sorted(playground.MODEL_CACHE.keys()) == sorted(
-        [f"tuned:{job.pk}:{playground.model_identity(job)}", f"base:{base.hub_id}"]
+    assert sorted(MODEL_CACHE.keys()) == sorted(
+        [f"tuned:{job.pk}:{artifacts.model_identity(job)}", f"base:{base.hub_id}"]
     )
 
 
@@ -240,7 +240,7 @@ def test_a_base_model_that_cannot_be_loaded_fails_the_run_but_keeps_the_tuned_an
 
 
 def test_chat_shaped_data_sends_the_prompt_through_the_chat_template(tmp_path):
-    from jobs import generation
+    from jobs.playground import generation
 
     tokenizer = gpt2_tokenizer(tmp_path)
     request = generation.Request(
@@ -259,10 +259,10 @@ def test_chat_shaped_data_sends_the_prompt_through_the_chat_template(tmp_path):
 
 def test_is_chat_follows_the_datasets_shape(owner):
     job = make_job(owner)
-    assert not playground.is_chat(job)
+    assert not runs.is_chat(job)
     Dataset.objects.filter(pk=job.dataset_id).update(stats={"shape": "messages"})
     job.refresh_from_db()
-    assert playground.is_chat(job)
+    assert runs.is_chat(job)
 
 
 def test_a_model_file_bigger_than_one_copy_chunk_arrives_intact(owner, tmp_path):
@@ -275,6 +275,6 @@ def test_a_model_file_bigger_than_one_copy_chunk_arrives_intact(owner, tmp_path)
     )
     job.refresh_from_db()
 
-    folder = playground.fetch_model_artifacts(job, tmp_path / "fetched")
+    folder = artifacts.fetch(job, tmp_path / "fetched")
 
     assert (folder / "model.safetensors").read_bytes() == blob

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
-from jobs.playground_views import PlaygroundForm
+from jobs.playground.views import PlaygroundForm
 from jobs.tests.conftest import make_job
 
 pytestmark = pytest.mark.django_db

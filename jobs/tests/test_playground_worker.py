@@ -6,9 +6,10 @@ import time
 
 import pytest
 
-from jobs import playground
+from jobs import artifacts
 from jobs.backends import local
 from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus
+from jobs.playground import runs
 from jobs.tests.conftest import make_job
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -39,10 +40,8 @@ def test_a_prompt_is_answered_by_both_models_on_a_worker(worker_model_cache, cel
     job.refresh_from_db()
     assert job.status == JobStatus.COMPLETED, job.status_message
 
-    first = playground.submit_prompt(job, prompt="The quick brown", max_new_tokens=16, temperature=0, top_p=1)
-    second = playground.submit_prompt(
-        job, prompt="A stitch in", max_new_tokens=16, temperature=0.8, top_p=0.9
-    )
+    first = runs.submit_prompt(job, prompt="The quick brown", max_new_tokens=16, temperature=0, top_p=1)
+    second = runs.submit_prompt(job, prompt="A stitch in", max_new_tokens=16, temperature=0.8, top_p=0.9)
 
     for run in (wait_for_run(first), wait_for_run(second)):
         assert run.status == PlaygroundStatus.DONE, run.error
@@ -51,5 +50,5 @@ def test_a_prompt_is_answered_by_both_models_on_a_worker(worker_model_cache, cel
         assert run.tuned_seconds is not None and run.base_seconds is not None
     # The tuned model's files were fetched to the worker's disk once, for both prompts.
     folders = [path for path in worker_model_cache.iterdir() if path.is_dir()]
-    assert [path.name for path in folders] == [f"job-{job.pk}-{playground.model_identity(job)}"]
+    assert [path.name for path in folders] == [f"job-{job.pk}-{artifacts.model_identity(job)}"]
     assert (folders[0] / "config.json").exists()

@@ -11,9 +11,10 @@ from django.core import mail
 
 from datasets_app.models import Dataset
 from jobs import lifecycle
-from jobs.models import JobStatus, LogLine, MetricPoint, TrainingJob
+from jobs.artifacts import UnsafeArchive
+from jobs.models import Backend, JobStatus, LogLine, MetricPoint, TrainingJob
 from jobs.notifications import send_job_finished_email
-from jobs.tests.conftest import make_job, make_ready_dataset, scratch_base_model
+from jobs.tests.conftest import make_job, make_ready_dataset, sagemaker_job, scratch_base_model, tar_gz
 from llmtuner import storage
 
 pytestmark = pytest.mark.django_db
@@ -521,11 +522,15 @@ def test_a_running_job_cannot_be_deleted(owner_client, job):
     assert TrainingJob.objects.filter(pk=job.pk).exists()
 
 
-def test_download_streams_the_tuned_model_as_a_zip(owner_client, job):
+@pytest.mark.parametrize("backend", [Backend.LOCAL, Backend.SAGEMAKER])
+def test_download_streams_the_tuned_model_as_a_zip(owner_client, job, backend, request):
     weights = bytes(range(256)) * 4096
-    store_model(
-        job, {"config.json": b'{"n_layer": 2}', "model.safetensors": weights, "tokenizer/vocab.json": b"{}"}
-    )
+    files = {"config.json": b'{"n_layer": 2}', "model.safetensors": weights, "tokenizer/vocab.json": b"{}"}
+    if backend == Backend.SAGEMAKER:  # the same folder, as SageMaker's model.tar.gz
+        archive = tar_gz({f"./{name}": data for name, data in files.items()})
+        job = sagemaker_job(job.owner, request.getfixturevalue("sagemaker_output"), archive)
+    else:
+        store_model(job, files)
 
     response = owner_client.get(f"/jobs/{job.pk}/download/")
 
@@ -553,6 +558,24 @@ def test_the_zip_is_produced_in_chunks_not_built_whole(owner_client, job):
 
     assert len(chunks) > 3
     assert max(len(chunk) for chunk in chunks) <= 1024 * 1024 + 64 * 1024
+
+
+def test_a_sagemaker_job_whose_archive_is_gone_has_nothing_to_download(owner_client, owner, sagemaker_output):
+    job = sagemaker_job(owner, sagemaker_output, None, key="gone/model.tar.gz")
+
+    assert owner_client.get(f"/jobs/{job.pk}/download/").status_code == 404
+
+
+def test_a_sagemaker_archive_with_a_member_outside_the_folder_is_never_zipped(
+    owner_client, owner, sagemaker_output
+):
+    archive = tar_gz({"config.json": b"{}", "../../outside.txt": b"gotcha"})
+    job = sagemaker_job(owner, sagemaker_output, archive)
+
+    response = owner_client.get(f"/jobs/{job.pk}/download/")
+
+    with pytest.raises(UnsafeArchive):
+        b"".join(response.streaming_content)
 
 
 def test_only_a_completed_job_has_a_model_to_download(owner_client, job):

@@ -10,8 +10,8 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods
 
-from jobs import playground
 from jobs.models import PlaygroundRun, TrainingJob
+from jobs.playground import runs
 
 STOP_POLLING = 286  # htmx stops an `every 2s` trigger on this status
 RUNS_SHOWN = 50
@@ -20,18 +20,18 @@ RUNS_SHOWN = 50
 class PlaygroundForm(forms.Form):
     prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "Write a prompt…"}),
-        max_length=playground.MAX_PROMPT_CHARS,
+        max_length=runs.MAX_PROMPT_CHARS,
         strip=False,  # a trailing space changes what a completion model writes next
         error_messages={
             "required": "Write a prompt first.",
-            "max_length": f"The prompt can be at most {playground.MAX_PROMPT_CHARS:,} characters long.",
+            "max_length": f"The prompt can be at most {runs.MAX_PROMPT_CHARS:,} characters long.",
         },
     )
     max_new_tokens = forms.IntegerField(
         label="Max new tokens",
         initial=64,
-        help_text=f"1 to {playground.MAX_NEW_TOKENS}",
-        widget=forms.NumberInput(attrs={"min": 1, "max": playground.MAX_NEW_TOKENS, "step": 1}),
+        help_text=f"1 to {runs.MAX_NEW_TOKENS}",
+        widget=forms.NumberInput(attrs={"min": 1, "max": runs.MAX_NEW_TOKENS, "step": 1}),
         error_messages={
             "required": "Max new tokens is required.",
             "invalid": "Max new tokens must be a whole number.",
@@ -39,8 +39,8 @@ class PlaygroundForm(forms.Form):
     )
     temperature = forms.FloatField(
         initial=0.7,
-        help_text=f"0 to {playground.MAX_TEMPERATURE:g}; 0 always picks the likeliest token",
-        widget=forms.NumberInput(attrs={"min": 0, "max": playground.MAX_TEMPERATURE, "step": 0.05}),
+        help_text=f"0 to {runs.MAX_TEMPERATURE:g}; 0 always picks the likeliest token",
+        widget=forms.NumberInput(attrs={"min": 0, "max": runs.MAX_TEMPERATURE, "step": 0.05}),
         error_messages={"required": "Temperature is required.", "invalid": "Temperature must be a number."},
     )
     top_p = forms.FloatField(
@@ -59,15 +59,15 @@ class PlaygroundForm(forms.Form):
 
     def clean_max_new_tokens(self) -> int:
         value = self.cleaned_data["max_new_tokens"]
-        if not 1 <= value <= playground.MAX_NEW_TOKENS:
-            raise forms.ValidationError(f"Max new tokens must be between 1 and {playground.MAX_NEW_TOKENS}.")
+        if not 1 <= value <= runs.MAX_NEW_TOKENS:
+            raise forms.ValidationError(f"Max new tokens must be between 1 and {runs.MAX_NEW_TOKENS}.")
         return value
 
     def clean_temperature(self) -> float:
         value = self.cleaned_data["temperature"]
-        if not (math.isfinite(value) and 0 <= value <= playground.MAX_TEMPERATURE):
+        if not (math.isfinite(value) and 0 <= value <= runs.MAX_TEMPERATURE):
             raise forms.ValidationError(
-                f"Temperature must be between 0 and {playground.MAX_TEMPERATURE:g} (0 means greedy)."
+                f"Temperature must be between 0 and {runs.MAX_TEMPERATURE:g} (0 means greedy)."
             )
         return value
 
@@ -84,21 +84,21 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
 
 
 def _get_run_for_user(request: HttpRequest, pk: int, run_pk: int) -> PlaygroundRun:
-    runs = PlaygroundRun.objects.select_related("job")
-    return get_object_or_404(runs, pk=run_pk, job_id=pk, job__owner=request.user)
+    queryset = PlaygroundRun.objects.select_related("job")
+    return get_object_or_404(queryset, pk=run_pk, job_id=pk, job__owner=request.user)
 
 
 def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
-    runs = list(job.playground_runs.all()[: RUNS_SHOWN + 1])
+    recent = list(job.playground_runs.all()[: RUNS_SHOWN + 1])
     return {
         "job": job,
         "form": form,
-        "runs": runs[:RUNS_SHOWN],
-        "more_runs": len(runs) > RUNS_SHOWN,
-        "unavailable_reason": playground.unavailable_reason(job),
-        "scratch": playground.is_scratch(job),
-        "base_id": playground.base_model_id(job),
-        "chat": playground.is_chat(job),
+        "runs": recent[:RUNS_SHOWN],
+        "more_runs": len(recent) > RUNS_SHOWN,
+        "unavailable_reason": runs.unavailable_reason(job),
+        "scratch": runs.is_scratch(job),
+        "base_id": runs.base_model_id(job),
+        "chat": runs.is_chat(job),
     }
 
 
@@ -111,8 +111,8 @@ def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
     form = PlaygroundForm(request.POST)
     if form.is_valid():
         try:
-            playground.submit_prompt(job, **form.cleaned_data)
-        except playground.PlaygroundUnavailable as error:
+            runs.submit_prompt(job, **form.cleaned_data)
+        except runs.PlaygroundUnavailable as error:
             form.add_error(None, str(error))
         else:
             if not request.htmx:

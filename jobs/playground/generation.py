@@ -1,7 +1,7 @@
 """Loading models and generating for the playground: the one module here that imports torch.
 
-Imported only inside the Celery task (`jobs.playground.run_generation`), never by the web
-process. Models come from local folders (the tuned one, fetched by `jobs.playground`), the
+Imported only inside the Celery task (`jobs.playground.runs.run_generation`), never by the web
+process. Models come from local folders (the tuned one, fetched by `jobs.playground.cache`), the
 Hugging Face Hub (the base, with HF_TOKEN for gated models), or are built from the tuned
 model's config with random weights (the untrained baseline of `scratch:` jobs).
 """
@@ -107,7 +107,7 @@ def compare(
 ) -> Outcome:
     """Answer `request` with the tuned model, then with the base (or the untrained baseline).
 
-    `cache` is a `jobs.playground.ModelCache`; `tuned_folder` fetches the tuned model's
+    `cache` is a `jobs.playground.cache.ModelCache`; `tuned_folder` fetches the tuned model's
     files only when a load needs them.
     """
     cache.on_evict = release_memory
