@@ -25,8 +25,7 @@ AWS_LIBRARIES = {"boto3", "botocore", "sagemaker"}
 # jobs/backends/sagemaker is one file before its split into a package and a package after it.
 AWS_DOORS = ("llmtuner.storage", "jobs.backends.sagemaker")
 ML_LIBRARIES = {"torch", "transformers", "peft", "accelerate"}
-# jobs.generation is the playground's generation module until the playground becomes a subpackage.
-ML_DOORS = ("training_scripts", "jobs.playground.generation", "jobs.generation")
+ML_DOORS = ("training_scripts", "jobs.playground.generation")
 ENQUEUE_CALLS = {"delay", "delay_on_commit", "apply_async", "send_task"}
 BROKER = "llmtuner.broker"
 WEB_FORBIDDEN = ML_LIBRARIES | {"sagemaker"}
