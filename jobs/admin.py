@@ -20,6 +20,7 @@ from django.urls import path
 
 from jobs import actions, lifecycle, reports
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from llmtuner import broker
 
 SETTINGS_FIELDS = [
     "name",
@@ -290,7 +291,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
         if not sagemaker.is_configured():
             self.message_user(request, f"SageMaker is {sagemaker.unavailable_reason()}.", messages.ERROR)
             return
-        poll_sagemaker_jobs.delay_on_commit()
+        broker.send_on_commit(poll_sagemaker_jobs)  # lost in an outage: the beat polls again soon
         self.message_user(
             request,
             f"A SageMaker poll is queued; it looks at every running SageMaker job, these {count} included.",

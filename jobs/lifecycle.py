@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from llmtuner import broker
 from llmtuner.redact import redact
 from llmtuner.text import storable
 
@@ -91,7 +92,7 @@ def transition(
         if moved and target in FINAL_STATES:
             from jobs.tasks import notify_job_finished
 
-            notify_job_finished.delay_on_commit(job_id)
+            broker.send_on_commit(notify_job_finished, (job_id,))
     if moved:
         logger.info("job %s -> %s %s", job_id, target, message or "")
     return moved
@@ -211,7 +212,8 @@ def request_stop(job: TrainingJob) -> bool:
     if job.backend == Backend.SAGEMAKER:
         from jobs.tasks import stop_sagemaker_job
 
-        stop_sagemaker_job.delay_on_commit(job.pk)
+        # Sent after commit and never raising: a stop the broker lost is sent again by the poller.
+        broker.send_on_commit(stop_sagemaker_job, (job.pk,))
     return True
 
 

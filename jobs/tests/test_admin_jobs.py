@@ -8,6 +8,7 @@ import pytest
 from jobs.backends import sagemaker as sm
 from jobs.models import JobStatus, LogLine, TrainingJob
 from jobs.tests.test_sagemaker_support import sagemaker_job, sagemaker_settings  # noqa: F401
+from jobs.tests.throwaway import celery_app_on, free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -196,6 +197,19 @@ def test_poll_now_queues_one_poll_for_running_sagemaker_jobs(
         "A SageMaker poll is queued" in messages_of(response)[0]
         and "these 2 included" in messages_of(response)[0]
     )
+
+
+def test_poll_now_while_the_broker_is_down_answers_all_the_same(
+    staff_client, owner, sagemaker_settings, django_capture_on_commit_callbacks
+):
+    job = sagemaker_job(owner)
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+
+    with celery_app_on(nobody), django_capture_on_commit_callbacks(execute=True):
+        response = act(staff_client, "poll_now", job)
+
+    assert response.status_code == 200
+    assert "A SageMaker poll is queued" in messages_of(response)[0]  # the beat polls again within 30 s
 
 
 def test_poll_now_with_no_running_sagemaker_job_polls_nothing(
