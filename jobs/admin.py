@@ -1,11 +1,12 @@
 """The operators' admin of the jobs app: the model catalogue, instance prices, jobs and the cost report.
 
-Job actions go through the same functions as the jobs pages (lifecycle.request_stop,
+Job actions go through the same functions as the jobs pages (lifecycle.request_stop, lifecycle.mark_failed,
 actions.retry_job, lifecycle.transition); nothing here saves a job's state itself.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -39,6 +40,7 @@ SETTINGS_FIELDS = [
 PROGRESS_FIELDS = [
     "status",
     "status_message",
+    "fail_reason",
     "attempt",
     "celery_task_id",
     "step",
@@ -248,16 +250,15 @@ class TrainingJobAdmin(admin.ModelAdmin):
         form = MarkFailedForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             reason = form.cleaned_data["reason"]
-            failed = 0
+            states: Counter[str | None] = Counter()
             for job in queryset:
-                if lifecycle.transition(job.pk, JobStatus.FAILED, reason):
+                state = lifecycle.mark_failed(job, reason)
+                if state is not None:
                     lifecycle.append_log(job.pk, [f"Marked failed by {request.user}: {reason}"])
-                    failed += 1
-            self.message_user(request, f"{failed} job(s) marked failed.", messages.SUCCESS)
-            if failed < len(queryset):
-                self.message_user(
-                    request, f"{len(queryset) - failed} job(s) had already ended.", messages.WARNING
-                )
+                states[state] += 1
+            self.message_user(request, _marked_failed_summary(states), messages.SUCCESS)
+            if states[None]:
+                self.message_user(request, f"{states[None]} job(s) had already ended.", messages.WARNING)
             return None
         jobs = list(queryset.select_related("owner"))
         context = {
@@ -331,6 +332,17 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "total_jobs": sum(month.jobs for month in months),
         }
         return TemplateResponse(request, "admin/jobs/cost_report.html", context, status=200 if valid else 400)
+
+
+def _marked_failed_summary(states: Counter[str | None]) -> str:
+    stopping = states[JobStatus.STOPPING]
+    marked = states[JobStatus.FAILED] + stopping
+    if not stopping:
+        return f"{marked} job(s) marked failed."
+    return (
+        f"{marked} job(s) marked failed; {stopping} of them still ran: "
+        "they are being stopped and end failed once stopped."
+    )
 
 
 def _still_running(job: TrainingJob) -> bool:
