@@ -1,11 +1,12 @@
 """The operators' admin of the jobs app: the model catalogue, instance prices, jobs and the cost report.
 
-Job actions go through the same functions as the jobs pages (lifecycle.request_stop,
+Job actions go through the same functions as the jobs pages (lifecycle.request_stop, lifecycle.mark_failed,
 actions.retry_job, lifecycle.transition); nothing here saves a job's state itself.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -22,6 +23,7 @@ from django.urls import path
 from accounts import admin as accounts_admin
 from jobs import actions, lifecycle, reports
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from llmtuner import broker
 
 SETTINGS_FIELDS = [
     "name",
@@ -40,6 +42,7 @@ SETTINGS_FIELDS = [
 PROGRESS_FIELDS = [
     "status",
     "status_message",
+    "fail_reason",
     "attempt",
     "celery_task_id",
     "step",
@@ -249,16 +252,15 @@ class TrainingJobAdmin(admin.ModelAdmin):
         form = MarkFailedForm(request.POST if "apply" in request.POST else None)
         if form.is_bound and form.is_valid():
             reason = form.cleaned_data["reason"]
-            failed = 0
+            states: Counter[str | None] = Counter()
             for job in queryset:
-                if lifecycle.transition(job.pk, JobStatus.FAILED, reason):
+                state = lifecycle.mark_failed(job, reason)
+                if state is not None:
                     lifecycle.append_log(job.pk, [f"Marked failed by {request.user}: {reason}"])
-                    failed += 1
-            self.message_user(request, f"{failed} job(s) marked failed.", messages.SUCCESS)
-            if failed < len(queryset):
-                self.message_user(
-                    request, f"{len(queryset) - failed} job(s) had already ended.", messages.WARNING
-                )
+                states[state] += 1
+            self.message_user(request, _marked_failed_summary(states), messages.SUCCESS)
+            if states[None]:
+                self.message_user(request, f"{states[None]} job(s) had already ended.", messages.WARNING)
             return None
         jobs = list(queryset.select_related("owner"))
         context = {
@@ -292,7 +294,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
         if not sagemaker.is_configured():
             self.message_user(request, f"SageMaker is {sagemaker.unavailable_reason()}.", messages.ERROR)
             return
-        poll_sagemaker_jobs.delay_on_commit()
+        broker.send_on_commit(poll_sagemaker_jobs)  # lost in an outage: the beat polls again soon
         self.message_user(
             request,
             f"A SageMaker poll is queued; it looks at every running SageMaker job, these {count} included.",
@@ -332,6 +334,17 @@ class TrainingJobAdmin(admin.ModelAdmin):
             "total_jobs": sum(month.jobs for month in months),
         }
         return TemplateResponse(request, "admin/jobs/cost_report.html", context, status=200 if valid else 400)
+
+
+def _marked_failed_summary(states: Counter[str | None]) -> str:
+    stopping = states[JobStatus.STOPPING]
+    marked = states[JobStatus.FAILED] + stopping
+    if not stopping:
+        return f"{marked} job(s) marked failed."
+    return (
+        f"{marked} job(s) marked failed; {stopping} of them still ran: "
+        "they are being stopped and end failed once stopped."
+    )
 
 
 def _still_running(job: TrainingJob) -> bool:

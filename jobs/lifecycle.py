@@ -15,11 +15,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from llmtuner import broker
 from llmtuner.redact import redact
 from llmtuner.text import storable
 
@@ -84,6 +85,7 @@ def transition(
     elif target in FINAL_STATES:
         updates["finished_at"] = now
         updates["eta_seconds"] = None
+        updates.update(_failed_if_an_operator_said_so(target, updates.get("status_message")))
     if target == S.COMPLETED:
         updates["step"] = Greatest(F("step"), F("total_steps"))
     with transaction.atomic():
@@ -91,10 +93,24 @@ def transition(
         if moved and target in FINAL_STATES:
             from jobs.tasks import notify_job_finished
 
-            notify_job_finished.delay_on_commit(job_id)
+            broker.send_on_commit(notify_job_finished, (job_id,))
     if moved:
         logger.info("job %s -> %s %s", job_id, target, message or "")
     return moved
+
+
+def _failed_if_an_operator_said_so(target: str, message: str | None) -> dict:
+    """A job an operator marked failed ends failed with their reason, however its work ends.
+
+    So each backend stops it the way it stops any job (and may then say stopped, or even
+    completed, if the work ended first), and no backend needs a case of its own.
+    """
+    marked = ~Q(fail_reason="")
+    kept_message = Value(message) if message is not None else F("status_message")
+    return {
+        "status": Case(When(marked, then=Value(S.FAILED)), default=Value(target)),
+        "status_message": Case(When(marked, then=F("fail_reason")), default=kept_message),
+    }
 
 
 def record_event(job_id: int, event: dict) -> None:
@@ -204,15 +220,39 @@ def request_stop(job: TrainingJob) -> bool:
     """Stop a job for its owner. A queued job stops at once; a running one goes to stopping."""
     if transition(job.pk, S.STOPPED, "Stopped before it started", only_from={S.QUEUED}):
         return True
-    # The local worker sees `stopping` on its next heartbeat and signals the script;
-    # a SageMaker job is stopped by a task, and the poller sees it end.
     if not transition(job.pk, S.STOPPING, "Stopping…"):
         return False
+    _stop_the_work(job)
+    return True
+
+
+def mark_failed(job: TrainingJob, reason: str) -> str | None:
+    """An operator fails a job: its work is stopped first, then it ends failed with `reason`.
+
+    Returns the job's state now: failed (it was still queued), stopping (it ends failed once its
+    work has stopped), or None when it had already ended.
+    """
+    if transition(job.pk, S.FAILED, reason, only_from={S.QUEUED}):
+        return S.FAILED
+    reason = _kept(reason)[:1000]
+    message = f"Stopping, to be marked failed: {reason}"[:1000]
+    stopping = transition(job.pk, S.STOPPING, message, fail_reason=reason)
+    # One its owner was stopping already ends failed too.
+    stopped_by_its_owner = TrainingJob.objects.filter(pk=job.pk, status=S.STOPPING)
+    if not stopping and not stopped_by_its_owner.update(fail_reason=reason):
+        return None
+    _stop_the_work(job)
+    return S.STOPPING
+
+
+def _stop_the_work(job: TrainingJob) -> None:
+    # The local worker sees `stopping` on its next heartbeat and signals the script;
+    # a SageMaker job is stopped by a task, and the poller sees it end.
     if job.backend == Backend.SAGEMAKER:
         from jobs.tasks import stop_sagemaker_job
 
-        stop_sagemaker_job.delay_on_commit(job.pk)
-    return True
+        # Sent after commit and never raising: a stop the broker lost is sent again by the poller.
+        broker.send_on_commit(stop_sagemaker_job, (job.pk,))
 
 
 def reap_stale_jobs(now: datetime | None = None) -> list[int]:
@@ -221,11 +261,11 @@ def reap_stale_jobs(now: datetime | None = None) -> list[int]:
     cutoff = now - timedelta(seconds=settings.LOCAL_JOB_HEARTBEAT_TIMEOUT)
     stale = TrainingJob.objects.filter(
         backend=Backend.LOCAL, status__in=ACTIVE_STATES, heartbeat_at__lt=cutoff
-    ).values_list("pk", "heartbeat_at", "status")
+    ).values_list("pk", "heartbeat_at", "status", "fail_reason")
     reaped = []
-    for job_id, last_beat, status in stale:
+    for job_id, last_beat, status, fail_reason in stale:
         when = timezone.localtime(last_beat).strftime("%Y-%m-%d %H:%M:%S %Z")
-        target = S.STOPPED if status == S.STOPPING else S.FAILED
+        target = S.STOPPED if status == S.STOPPING and not fail_reason else S.FAILED
         message = f"The worker stopped responding at {when}; the job was marked {target}. You can retry it."
         if transition(job_id, target, message):
             append_log(job_id, [message])

@@ -160,6 +160,12 @@ class TrainingJob(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     stop_requested_at = models.DateTimeField(null=True, blank=True)
+    # An operator's "mark failed" on a running job: it is stopped first, then ends failed with this.
+    fail_reason = models.CharField(
+        max_length=1000,
+        blank=True,
+        help_text="An operator's: the job ends failed with it once stopped",
+    )
     notified_at = models.DateTimeField(null=True, blank=True)
     # Set by `submit_jobs`: a hash of the manifest entry, so a re-run never submits it twice.
     batch_key = models.CharField(max_length=64, blank=True, editable=False)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 
 from django.db import transaction
 from kombu.exceptions import OperationalError
@@ -23,7 +24,10 @@ logger = logging.getLogger(__name__)
 QUEUES = ("default", "training")
 
 
-def send_on_commit(task, args: tuple, task_id: str, **options) -> None:
+def send_on_commit(task, args: tuple = (), task_id: str | None = None, **options) -> None:
+    """Send `task` after commit, never raising; `task_id` is the one the caller keeps on its row."""
+    task_id = task_id or str(uuid.uuid4())
+
     def send() -> None:
         try:
             task.apply_async(args, task_id=task_id, **options)

@@ -26,7 +26,7 @@ from pathlib import Path
 from django.conf import settings
 
 from jobs import lifecycle
-from jobs.models import JobStatus, TrainingJob
+from jobs.models import FINAL_STATES, JobStatus, TrainingJob
 from llmtuner import storage
 from llmtuner.redact import redact
 
@@ -178,8 +178,8 @@ class LocalRun:
             self.last_heartbeat = now
             lifecycle.heartbeat(self.job.pk)
             status = TrainingJob.objects.filter(pk=self.job.pk).values_list("status", flat=True).first()
-            if status in (JobStatus.STOPPING, None) and self.stop_sent_at is None:
-                self._log("Stop requested: asking the training script to stop")
+            if self.stop_sent_at is None and _should_stop(status):
+                self._log(_stop_reason(status))
                 _signal_group(process, signal.SIGTERM)
                 self.stop_sent_at = now
         if self.stop_sent_at is not None and now - self.stop_sent_at > STOP_GRACE_SECONDS:
@@ -192,6 +192,11 @@ class LocalRun:
         job_id = self.job.pk
         status = TrainingJob.objects.filter(pk=job_id).values_list("status", flat=True).first()
         if status is None:
+            return
+        if status in FINAL_STATES:
+            # Ended meanwhile by someone else (the reaper): its end is recorded already.
+            self._flush_log()
+            self._store_log()
             return
         if status == JobStatus.STOPPING:
             self._store_log()
@@ -242,6 +247,20 @@ class LocalRun:
             logger.exception("could not store the log of job %s", self.job.pk)
             return
         TrainingJob.objects.filter(pk=self.job.pk).update(log_key=stored)
+
+
+def _should_stop(status: str | None) -> bool:
+    # Stopping, deleted, or already ended elsewhere (the reaper ends a job whose heartbeats went
+    # stale while its worker still lives): either way nobody wants this script to train on.
+    return status is None or status == JobStatus.STOPPING or status in FINAL_STATES
+
+
+def _stop_reason(status: str | None) -> str:
+    if status == JobStatus.STOPPING:
+        return "Stop requested: asking the training script to stop"
+    if status is None:
+        return "The job was deleted: stopping the training script"
+    return f"The job was marked {status} meanwhile: stopping the training script"
 
 
 def _parse_event(line: str) -> dict | None:

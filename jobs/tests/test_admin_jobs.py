@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
 from jobs.backends import sagemaker as sm
 from jobs.models import JobStatus, LogLine, TrainingJob
-from jobs.tests.test_sagemaker_support import sagemaker_job, sagemaker_settings  # noqa: F401
+from jobs.tests.test_local_backend import run_endlessly_doing
+from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
+    account,
+    fake_aws,
+    sagemaker_job,
+    sagemaker_settings,
+)
+from jobs.tests.throwaway import celery_app_on, free_port
 
 pytestmark = pytest.mark.django_db
 
@@ -137,34 +146,85 @@ def test_retry_queues_a_new_attempt_of_a_failed_job_and_refuses_others(
 # --- mark failed ---
 
 
-def test_mark_failed_asks_for_a_reason_first(staff_client, job_factory):
+def test_mark_failed_asks_for_a_reason_first_and_says_running_work_is_stopped(staff_client, job_factory):
     job = job_factory(name="Stuck", status=JobStatus.TRAINING)
 
     response = act(staff_client, "mark_failed", job)
 
     assert response.status_code == 200
     body = response.content.decode()
-    assert "Stuck" in body and 'name="reason"' in body and "it does not stop the training" in body
+    assert "Stuck" in body and 'name="reason"' in body
+    assert "1 of these is still running: it is stopped first" in body
     assert 'name="action" value="mark_failed"' in body
     job.refresh_from_db()
     assert job.status == JobStatus.TRAINING
 
 
-def test_mark_failed_with_a_reason_fails_the_jobs_that_have_not_ended(staff_client, job_factory, staff):
-    stuck = job_factory(status=JobStatus.PREPARING)
+def test_mark_failed_fails_a_queued_job_at_once_and_leaves_ended_ones(staff_client, job_factory, staff):
+    waiting = job_factory()
     done = job_factory(status=JobStatus.COMPLETED)
 
     response = act(
-        staff_client, "mark_failed", stuck, done, apply="1", reason="The instance vanished; retry it."
+        staff_client, "mark_failed", waiting, done, apply="1", reason="The instance vanished; retry it."
     )
 
     assert messages_of(response) == ["1 job(s) marked failed.", "1 job(s) had already ended."]
-    stuck.refresh_from_db()
-    assert (stuck.status, stuck.status_message) == (JobStatus.FAILED, "The instance vanished; retry it.")
-    assert stuck.finished_at is not None
-    assert LogLine.objects.filter(job=stuck, text__contains="Marked failed by operator").exists()
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.status_message) == (JobStatus.FAILED, "The instance vanished; retry it.")
+    assert waiting.finished_at is not None
+    assert LogLine.objects.filter(job=waiting, text__contains="Marked failed by operator").exists()
     done.refresh_from_db()
     assert done.status == JobStatus.COMPLETED
+
+
+def test_mark_failed_stops_a_local_run_first_then_fails_it_with_the_reason(
+    staff_client, job_factory, monkeypatch, tmp_path
+):
+    job = job_factory(name="Runaway")
+    answers = []
+
+    def the_operator_marks_it_failed():
+        answers.append(act(staff_client, "mark_failed", job, apply="1", reason="Hogs the GPU; retry it."))
+        job.refresh_from_db()
+        assert job.status == JobStatus.STOPPING  # not failed yet: its script still runs
+
+    seconds = run_endlessly_doing(job, the_operator_marks_it_failed, monkeypatch, tmp_path)
+
+    assert seconds < 20  # the worker stopped the script (it would have trained for 30 s)
+    assert messages_of(answers[0]) == [
+        "1 job(s) marked failed; 1 of them still ran: they are being stopped and end failed once stopped."
+    ]
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (JobStatus.FAILED, "Hogs the GPU; retry it.")
+    assert job.finished_at is not None
+    log = list(LogLine.objects.filter(job=job).values_list("text", flat=True))
+    assert "Marked failed by operator: Hogs the GPU; retry it." in log
+    assert "Stop requested: asking the training script to stop" in log
+
+
+def test_mark_failed_stops_a_sagemaker_job_first_then_fails_it_with_the_reason(
+    staff_client, owner, account, django_capture_on_commit_callbacks, monkeypatch
+):
+    job = sagemaker_job(owner, status=JobStatus.TRAINING)
+    account.add_job(job.sagemaker_job_name, "Training")
+    asked = []
+    monkeypatch.setattr(sm, "stop_job", lambda job_id, **kwargs: asked.append(job_id))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        act(staff_client, "mark_failed", job, apply="1", reason="Wrong dataset; clone it.")
+
+    assert asked == [job.pk]  # the stop task ran: it sends StopTrainingJob
+    job.refresh_from_db()
+    assert job.status == JobStatus.STOPPING  # AWS still bills until the stop lands
+
+    account.change(job.sagemaker_job_name, "Stopped", "Stopped", BillableTimeInSeconds=120)
+    for cycle in range(1, 4):
+        sm.poll_jobs(now=account.clock + timedelta(seconds=30 * cycle), sleep=lambda seconds: None)
+
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (JobStatus.FAILED, "Wrong dataset; clone it.")
+    assert job.billable_seconds == 120 and job.cost_usd > 0
+    assert LogLine.objects.filter(job=job, text__startswith="Stopped; 120 billable seconds").exists()
 
 
 def test_mark_failed_without_a_reason_asks_again_and_changes_nothing(staff_client, job_factory):
@@ -196,6 +256,19 @@ def test_poll_now_queues_one_poll_for_running_sagemaker_jobs(
         "A SageMaker poll is queued" in messages_of(response)[0]
         and "these 2 included" in messages_of(response)[0]
     )
+
+
+def test_poll_now_while_the_broker_is_down_answers_all_the_same(
+    staff_client, owner, sagemaker_settings, django_capture_on_commit_callbacks
+):
+    job = sagemaker_job(owner)
+    nobody = f"redis://127.0.0.1:{free_port()}/0"
+
+    with celery_app_on(nobody), django_capture_on_commit_callbacks(execute=True):
+        response = act(staff_client, "poll_now", job)
+
+    assert response.status_code == 200
+    assert "A SageMaker poll is queued" in messages_of(response)[0]  # the beat polls again within 30 s
 
 
 def test_poll_now_with_no_running_sagemaker_job_polls_nothing(

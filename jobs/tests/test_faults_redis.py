@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixtures imported from test_sagemaker_support are redefined as arguments)
 """Redis dies and comes back, empty, while jobs run: nothing is stuck and nothing is lost.
 
 A throwaway Redis (persistence off, a free port) is the broker of a real worker with one
@@ -25,6 +26,7 @@ from jobs.backends import queue_job, resend_lost_jobs
 from jobs.models import JobStatus, LogLine, PlaygroundRun, PlaygroundStatus, TrainingJob
 from jobs.playground import runs as playground
 from jobs.tests.conftest import TINY_HYPERPARAMETERS, make_job, make_ready_dataset, scratch_base_model
+from jobs.tests.test_sagemaker_support import sagemaker_job, sagemaker_settings  # noqa: F401
 from jobs.tests.throwaway import (
     ThrowawayRedis,
     celery_app_on,
@@ -186,3 +188,33 @@ def test_a_prompt_sent_while_the_broker_is_down_waits_then_fails_visibly(owner):
     assert playground.fail_stale_runs() == [run.pk]
     run.refresh_from_db()
     assert run.status == PlaygroundStatus.FAILED and "No worker picked this prompt up" in run.error
+
+
+def stop_from_the_job_page_while_the_broker_is_down(job: TrainingJob):
+    client = Client()
+    client.force_login(job.owner)
+    with celery_app_on(f"redis://127.0.0.1:{free_port()}/0"):
+        return client.post(f"/jobs/{job.pk}/stop/")
+
+
+def test_stopping_a_sagemaker_job_while_the_broker_is_down_answers_and_the_job_is_stopping(
+    owner, sagemaker_settings
+):
+    job = sagemaker_job(owner, status=JobStatus.TRAINING)
+
+    response = stop_from_the_job_page_while_the_broker_is_down(job)
+
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == JobStatus.STOPPING  # the poller sends the stop again (it is not lost)
+
+
+def test_stopping_a_queued_job_while_the_broker_is_down_answers_and_the_job_is_stopped(owner):
+    job = make_job(owner)
+
+    response = stop_from_the_job_page_while_the_broker_is_down(job)
+
+    assert response.status_code == 302
+    job.refresh_from_db()
+    assert job.status == JobStatus.STOPPED
+    assert job.notified_at is None  # the email could not be queued; the job ended all the same

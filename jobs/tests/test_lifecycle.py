@@ -131,6 +131,74 @@ def test_the_reaper_fails_jobs_whose_worker_went_silent(job, other_job):
     assert other_job.status == S.TRAINING
 
 
+# --- an operator's "mark failed" ---
+
+
+def test_marking_a_queued_job_failed_fails_it_at_once(job):
+    assert lifecycle.mark_failed(job, "Bad settings") == S.FAILED
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (S.FAILED, "Bad settings")
+
+
+@pytest.mark.parametrize(
+    ("how_its_work_ends", "message"),
+    [(S.STOPPED, "Stopped"), (S.COMPLETED, "Completed"), (S.FAILED, "SageMaker: out of memory")],
+)
+def test_a_running_job_marked_failed_stops_first_then_ends_failed_with_the_reason(
+    job, how_its_work_ends, message
+):
+    lifecycle.transition(job.pk, S.TRAINING)
+
+    assert lifecycle.mark_failed(job, "Wrong dataset; clone it.") == S.STOPPING
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (
+        S.STOPPING,
+        "Stopping, to be marked failed: Wrong dataset; clone it.",
+    )
+
+    assert lifecycle.transition(job.pk, how_its_work_ends, message)  # the backend, as for any stop
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (S.FAILED, "Wrong dataset; clone it.")
+    assert job.finished_at is not None
+
+
+def test_a_job_its_owner_is_stopping_ends_failed_when_an_operator_marks_it(job):
+    lifecycle.transition(job.pk, S.TRAINING)
+    lifecycle.request_stop(job)
+
+    assert lifecycle.mark_failed(job, "Abuse") == S.STOPPING
+    lifecycle.transition(job.pk, S.STOPPED, "Stopped")
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (S.FAILED, "Abuse")
+
+
+def test_a_job_that_ended_is_not_marked_failed(job):
+    lifecycle.transition(job.pk, S.STOPPED)
+
+    assert lifecycle.mark_failed(job, "Too late") is None
+    job.refresh_from_db()
+    assert (job.status, job.fail_reason) == (S.STOPPED, "")
+
+
+def test_a_job_marked_failed_whose_worker_went_silent_is_reaped_failed_with_the_reason(job):
+    lifecycle.transition(job.pk, S.TRAINING)
+    lifecycle.mark_failed(job, "Hogs the GPU")
+    TrainingJob.objects.filter(pk=job.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+
+    assert lifecycle.reap_stale_jobs() == [job.pk]
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (S.FAILED, "Hogs the GPU")
+    assert LogLine.objects.get(job=job).text.endswith("the job was marked failed. You can retry it.")
+
+
+def test_an_ordinary_stop_still_ends_stopped(job):
+    lifecycle.transition(job.pk, S.TRAINING)
+    lifecycle.request_stop(job)
+    lifecycle.transition(job.pk, S.STOPPED, "Stopped")
+    job.refresh_from_db()
+    assert (job.status, job.status_message) == (S.STOPPED, "Stopped")
+
+
 def test_the_owner_gets_one_email_when_a_job_ends(job, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=True):
         lifecycle.transition(job.pk, S.TRAINING)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import connections
+from django.utils import timezone
 
 from jobs import lifecycle
 from jobs.backends import local
@@ -92,3 +95,53 @@ def test_stop_mid_training_ends_stopped(owner):
     job.refresh_from_db()
     assert job.status == JobStatus.STOPPED
     assert job.finished_at is not None
+
+
+# Trains "forever" (30 s) without touching torch: what these tests watch is the process.
+ENDLESS_SCRIPT = """
+import json, time
+print(json.dumps({"event": "start", "total_steps": 300}), flush=True)
+for step in range(1, 301):
+    print(json.dumps({"event": "progress", "step": step, "total_steps": 300, "loss": 1.0}), flush=True)
+    time.sleep(0.1)
+"""
+
+
+def run_endlessly_doing(job: TrainingJob, meanwhile, monkeypatch, folder: Path) -> float:
+    """Run the job on this worker with ENDLESS_SCRIPT; once it trains, `meanwhile()` happens once,
+    as if from elsewhere, between two of the worker's heartbeats. Returns how long the run took."""
+    script = folder / "endless.py"
+    script.write_text(ENDLESS_SCRIPT)
+    monkeypatch.setattr(local, "SCRIPT", script)
+    beat, done = lifecycle.heartbeat, []
+
+    def heartbeat(job_id: int) -> None:
+        if not done and TrainingJob.objects.filter(pk=job_id, step__gt=0).exists():
+            done.append(meanwhile())
+        beat(job_id)
+
+    monkeypatch.setattr(lifecycle, "heartbeat", heartbeat)
+    started = time.monotonic()
+    local.run_job(job.pk)
+    assert done, "the job never trained"
+    return time.monotonic() - started
+
+
+@pytest.mark.django_db
+def test_a_script_whose_job_was_reaped_meanwhile_is_killed(owner, settings, monkeypatch, tmp_path):
+    job = make_job(owner)
+
+    def the_reaper_ends_it() -> None:
+        # The worker went silent for longer than the timeout (its database hung, say), the reaper
+        # ended the job, and now the worker comes back to its running script.
+        later = timezone.now() + timedelta(seconds=settings.LOCAL_JOB_HEARTBEAT_TIMEOUT + 5)
+        assert lifecycle.reap_stale_jobs(now=later) == [job.pk]
+
+    seconds = run_endlessly_doing(job, the_reaper_ends_it, monkeypatch, tmp_path)
+
+    assert seconds < 20  # the script was stopped, not left to train on unwatched for 30 s
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED
+    assert job.status_message.startswith("The worker stopped responding")
+    log = list(LogLine.objects.filter(job=job).values_list("text", flat=True))
+    assert "The job was marked failed meanwhile: stopping the training script" in log
