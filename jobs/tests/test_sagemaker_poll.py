@@ -16,6 +16,8 @@ from django.core.cache import cache
 
 from jobs import lifecycle
 from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker.budget import BACKOFF_KEY
+from jobs.backends.sagemaker.poll import LOCK_KEY, WATERMARK_OVERLAP
 from jobs.models import JobStatus, MetricPoint, TrainingJob
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     StubAccount,
@@ -141,7 +143,7 @@ def test_in_progress_to_completed_with_progress_logs_chart_and_cost(owner, stubs
     # Second cycle: the listing shows it completed; its log is read to the end, then it completes.
     expect_list(
         stubs,
-        T0 + timedelta(seconds=30) - sm.WATERMARK_OVERLAP,  # a little before the previous cycle
+        T0 + timedelta(seconds=30) - WATERMARK_OVERLAP,  # a little before the previous cycle
         summary(job, "Completed", "Completed", T0 + timedelta(minutes=3)),
     )
     expect_describe(
@@ -328,13 +330,13 @@ def test_throttling_stops_that_kind_of_call_and_backs_off_for_the_next_cycles(ow
     report = poll(T0 + timedelta(seconds=30))  # backing off: no call at all
     assert report.total_calls == 0
 
-    cache.delete(sm.BACKOFF_KEY.format("describe"))  # the back-off expired
+    cache.delete(BACKOFF_KEY.format("describe"))  # the back-off expired
     expect_describe(stubs, first, "InProgress", "Starting")
     expect_describe(stubs, second, "InProgress", "Starting")
     report = poll(T0 + timedelta(minutes=2))
     stubs.assert_done()
     assert report.calls == {"DescribeTrainingJob": 2}
-    assert cache.get(sm.BACKOFF_KEY.format("describe") + ":level") is None  # a clean cycle resets it
+    assert cache.get(BACKOFF_KEY.format("describe") + ":level") is None  # a clean cycle resets it
 
 
 def test_a_throttled_log_read_does_not_stop_describes(owner, stubs):
@@ -350,7 +352,7 @@ def test_a_throttled_log_read_does_not_stop_describes(owner, stubs):
 
 def test_two_polls_never_run_at_once(owner, stubs):
     sagemaker_job(owner)
-    cache.add(sm.LOCK_KEY, "another worker", 60)
+    cache.add(LOCK_KEY, "another worker", 60)
     report = poll(T0)
     assert report.skipped == "another poll is running"
     assert report.total_calls == 0
