@@ -22,7 +22,6 @@ from pathlib import Path
 import boto3
 from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 from django.conf import settings
-from django.core.files.storage import storages
 
 from jobs import lifecycle, pricing
 from jobs.backends.sagemaker.clients import aws
@@ -201,11 +200,9 @@ def data_channels(job: TrainingJob) -> dict[str, str]:
     keys = {"train": dataset.train_file}
     if dataset.validation_file:
         keys["validation"] = dataset.validation_file
-    default = storages["default"]
-    if storage.is_s3(default) and not settings.AWS_S3_ENDPOINT_URL:
+    if storage.is_s3() and not settings.AWS_S3_ENDPOINT_URL:
         # The datasets bucket is in AWS: SageMaker reads it directly (the role needs s3:GetObject there).
-        names = {channel: default._normalize_name(key) for channel, key in keys.items()}
-        return {channel: f"s3://{default.bucket_name}/{name}" for channel, name in names.items()}
+        return {channel: storage.s3_uri(key) for channel, key in keys.items()}
     channels = {}
     for channel, key in keys.items():
         target = f"{job_prefix(job)}/data/{channel}/{channel}.jsonl"
