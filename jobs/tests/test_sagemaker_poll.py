@@ -17,7 +17,7 @@ from django.core.cache import cache
 from jobs import lifecycle
 from jobs.backends import sagemaker as sm
 from jobs.backends.sagemaker.budget import BACKOFF_KEY
-from jobs.backends.sagemaker.poll import LOCK_KEY, WATERMARK_OVERLAP
+from jobs.backends.sagemaker.poll import LOCK_KEY, STOPPING_DESCRIBE_AFTER, WATERMARK_OVERLAP
 from jobs.models import JobStatus, MetricPoint, TrainingJob
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     StubAccount,
@@ -312,6 +312,80 @@ def test_a_job_seen_stopping_in_aws_is_stopping_here(owner, stubs):
     poll(T0)
     job.refresh_from_db()
     assert job.status == JobStatus.STOPPING
+
+
+def stopping_job(owner, asked_ago: timedelta):
+    """A job the user stopped `asked_ago` before T0, last described (still running) before that."""
+    return sagemaker_job(
+        owner,
+        status=JobStatus.STOPPING,
+        stop_requested_at=T0 - asked_ago,
+        sagemaker_described_at=T0 - asked_ago - STOPPING_DESCRIBE_AFTER,
+        sagemaker_secondary_status="Training",
+    )
+
+
+def expect_stop(stubs: Stubs, job):
+    stubs.sagemaker.add_response("stop_training_job", {}, {"TrainingJobName": job.sagemaker_job_name})
+
+
+def test_a_stop_that_never_reached_aws_is_sent_again(owner, stubs, caplog):
+    # The broker was down when the user pressed Stop: the job is stopping here, still training in AWS.
+    job = stopping_job(owner, asked_ago=timedelta(minutes=5))
+    expect_describe(stubs, job, "InProgress", "Training")
+    expect_stop(stubs, job)
+    expect_streams(stubs, job)
+    report = poll(T0)
+    stubs.assert_done()
+    job.refresh_from_db()
+
+    assert report.calls["StopTrainingJob"] == 1
+    assert job.status == JobStatus.STOPPING
+    assert list(job.log_lines.values_list("text", flat=True))[-1] == (
+        "SageMaker was still running the job after it was stopped; asked it again to stop"
+    )
+    assert f"job {job.pk}: SageMaker still says InProgress; sent StopTrainingJob again" in caplog.text
+
+
+def test_a_lost_stop_is_sent_again_at_most_every_two_minutes(owner, stubs):
+    job = stopping_job(owner, asked_ago=timedelta(minutes=5))
+    expect_describe(stubs, job, "InProgress", "Training")
+    expect_stop(stubs, job)
+    expect_streams(stubs, job)
+    poll(T0)
+    # The next cycle: nothing changed in AWS, and the stop is not sent on every cycle.
+    expect_list(stubs, T0 - WATERMARK_OVERLAP)
+    expect_streams(stubs, job)
+    report = poll(T0 + timedelta(seconds=30))
+    stubs.assert_done()
+    assert "StopTrainingJob" not in report.calls
+    # Two minutes on, AWS still says InProgress: it is sent again.
+    expect_list(stubs, T0 + timedelta(seconds=30) - WATERMARK_OVERLAP)
+    expect_describe(stubs, job, "InProgress", "Training")
+    expect_stop(stubs, job)
+    expect_streams(stubs, job)
+    report = poll(T0 + timedelta(minutes=2, seconds=30))
+    stubs.assert_done()
+    assert report.calls["StopTrainingJob"] == 1
+
+
+def test_a_stop_just_asked_for_or_seen_by_aws_is_not_sent_again(owner, stubs):
+    # Stubber fails the poll on a StopTrainingJob it was not told to expect.
+    just_asked = stopping_job(owner, asked_ago=timedelta(seconds=20))
+    expect_describe(stubs, just_asked, "InProgress", "Training")
+    expect_streams(stubs, just_asked)
+    report = poll(T0)
+    stubs.assert_done()
+    assert "StopTrainingJob" not in report.calls
+
+    just_asked.delete()
+    seen = stopping_job(owner, asked_ago=timedelta(minutes=5))
+    expect_list(stubs, T0 - WATERMARK_OVERLAP)
+    expect_describe(stubs, seen, "Stopping", "Stopping")
+    expect_streams(stubs, seen)
+    report = poll(T0 + timedelta(seconds=30))
+    stubs.assert_done()
+    assert "StopTrainingJob" not in report.calls
 
 
 # --- rate limits and safety ---------------------------------------------------------------------------

@@ -24,17 +24,20 @@ BACKOFF_KEY = "sagemaker:poll-backoff:{}"
 class PollBudget:
     """Calls per poll cycle and their pace, per kind (AWS limits them per account and region).
 
-    At most (10 + 60 + 100) calls a cycle, 340 a minute at a 30 s interval. ListTrainingJobs
+    At most (10 + 60 + 100 + 10) calls a cycle, 360 a minute at a 30 s interval. ListTrainingJobs
     is held near 2/s; DescribeTrainingJob and the CloudWatch Logs reads stay far below their
-    default quotas (GetLogEvents and DescribeLogStreams: 25/s per account).
+    default quotas (GetLogEvents and DescribeLogStreams: 25/s per account); StopTrainingJob is
+    only sent again for a stop that AWS never saw.
     """
 
     list_pages: int = 10
     describes: int = 60
     log_calls: int = 100
+    stops: int = 10
     list_per_second: float = 2.0
     describe_per_second: float = 5.0
     log_per_second: float = 10.0
+    stop_per_second: float = 2.0
 
 
 @dataclass
@@ -85,11 +88,17 @@ class PollCalls:
         clock: Callable[[], float],
     ) -> None:
         self.report = report
-        self.left = {"list": budget.list_pages, "describe": budget.describes, "logs": budget.log_calls}
+        self.left = {
+            "list": budget.list_pages,
+            "describe": budget.describes,
+            "logs": budget.log_calls,
+            "stop": budget.stops,
+        }
         self.pacers = {
             "list": Pacer(budget.list_per_second, clock, sleep),
             "describe": Pacer(budget.describe_per_second, clock, sleep),
             "logs": Pacer(budget.log_per_second, clock, sleep),
+            "stop": Pacer(budget.stop_per_second, clock, sleep),
         }
         self.backed_off = {kind for kind in self.left if cache.get(BACKOFF_KEY.format(kind))}
         self.clean: set[str] = set()

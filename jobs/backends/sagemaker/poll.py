@@ -8,6 +8,7 @@ running jobs stay well inside AWS's rate limits.
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -22,9 +23,12 @@ from jobs import lifecycle, pricing
 from jobs.backends.sagemaker.apply import apply_description
 from jobs.backends.sagemaker.budget import OutOfBudget, PollBudget, PollCalls, PollReport, Throttled
 from jobs.backends.sagemaker.config import AWS_ACTIVE, AWS_FINAL, JOB_NAME_PREFIX, is_configured, job_name
-from jobs.backends.sagemaker.errors import is_not_found
+from jobs.backends.sagemaker.errors import TRANSIENT_CODES, error_code, is_not_found
 from jobs.backends.sagemaker.logs import LogReader
+from jobs.backends.sagemaker.stop import stop_refused
 from jobs.models import Backend, JobStatus, TrainingJob
+
+logger = logging.getLogger(__name__)
 
 S = JobStatus
 LOCK_KEY = "sagemaker:poll-lock"
@@ -37,6 +41,11 @@ STALE_DESCRIBE_AFTER = timedelta(minutes=30)
 STOPPING_DESCRIBE_AFTER = timedelta(minutes=2)
 # A job claimed for submission that never reached SageMaker (its worker died) is settled after this long.
 ORPHAN_AFTER = timedelta(minutes=20)
+# A stop that AWS has not seen this long after it was asked for (its task was lost with the broker,
+# or gave up) is sent again by the poller, and again at most this often.
+STOP_RESEND_AFTER = timedelta(minutes=2)
+STOP_RESENT_KEY = "sagemaker:stop-resent:{}"
+STOP_RESENT_LINE = "SageMaker was still running the job after it was stopped; asked it again to stop"
 
 
 def poll_jobs(
@@ -118,6 +127,8 @@ class _Poller:
         running = [job for job in jobs if job.sagemaker_status in AWS_ACTIVE]
         with contextlib.suppress(Throttled, OutOfBudget):
             self._describe_changed(running)
+        with contextlib.suppress(Throttled, OutOfBudget):
+            self._resend_lost_stops(running)
         LogReader(self.call, self.now).read(jobs)
         self._update_running_costs(running)
         with contextlib.suppress(Throttled, OutOfBudget):
@@ -216,6 +227,34 @@ class _Poller:
         if deferred:
             mark = min(mark, min(deferred) - timedelta(seconds=1))
         cache.set(WATERMARK_KEY, mark.isoformat(), None)
+
+    def _resend_lost_stops(self, jobs: list[TrainingJob]) -> None:
+        """Send StopTrainingJob again for a stop AWS never saw (see STOP_RESEND_AFTER)."""
+        for job in jobs:
+            if not self._stop_was_lost(job):
+                continue
+            try:
+                self.call("stop", "StopTrainingJob", TrainingJobName=job.sagemaker_job_name)
+            except ClientError as error:
+                if error_code(error) in TRANSIENT_CODES:
+                    logger.warning("job %s: StopTrainingJob failed again: %s", job.pk, error)
+                    continue  # the next cycle tries again
+                stop_refused(job, error)
+            else:
+                logger.warning("job %s: SageMaker still says InProgress; sent StopTrainingJob again", job.pk)
+                lifecycle.append_log(job.pk, [STOP_RESENT_LINE])
+            cache.set(STOP_RESENT_KEY.format(job.pk), self.now.isoformat(), 3600)
+
+    def _stop_was_lost(self, job: TrainingJob) -> bool:
+        """Stopping here, while AWS, described since the stop was asked for, still says InProgress."""
+        asked = job.stop_requested_at
+        if job.status != S.STOPPING or job.sagemaker_status != "InProgress" or asked is None:
+            return False
+        since = self.now - STOP_RESEND_AFTER
+        if asked > since or job.sagemaker_described_at is None or job.sagemaker_described_at <= asked:
+            return False
+        resent = cache.get(STOP_RESENT_KEY.format(job.pk))
+        return resent is None or datetime.fromisoformat(resent) <= since
 
     def _update_running_costs(self, jobs: list[TrainingJob]) -> None:
         changed = []

@@ -19,7 +19,7 @@ from jobs.backends.sagemaker.errors import (
     explain_client_error,
     is_not_found,
 )
-from jobs.models import Backend, JobStatus
+from jobs.models import Backend, JobStatus, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +42,7 @@ def stop_job(job_id: int, *, force: bool = False) -> None:
         code = error_code(error)
         if code in TRANSIENT_CODES:
             raise TransientAWSError(code, error_message(error)) from error
-        if is_not_found(error):
-            lifecycle.transition(job_id, S.STOPPED, "Stopped (SageMaker has no such training job)")
-        elif code == "ValidationException":
-            logger.info("job %s: nothing to stop (%s)", job_id, error_message(error))  # it already ended
-        else:
-            lifecycle.append_log(job_id, [f"Could not stop the job: {explain_client_error(error, job)}"])
+        stop_refused(job, error)
         return
     except (NoCredentialsError, PartialCredentialsError):
         lifecycle.append_log(job_id, [f"Could not stop the job: {NO_CREDENTIALS}"])
@@ -55,6 +50,16 @@ def stop_job(job_id: int, *, force: bool = False) -> None:
     except CONNECTION_ERRORS as error:
         raise TransientAWSError(type(error).__name__, str(error)) from error
     lifecycle.append_log(job_id, ["Asked SageMaker to stop the job"])
+
+
+def stop_refused(job: TrainingJob, error: ClientError) -> None:
+    """What a permanent refusal of StopTrainingJob means for the job."""
+    if is_not_found(error):
+        lifecycle.transition(job.pk, S.STOPPED, "Stopped (SageMaker has no such training job)")
+    elif error_code(error) == "ValidationException":
+        logger.info("job %s: nothing to stop (%s)", job.pk, error_message(error))  # it already ended
+    else:
+        lifecycle.append_log(job.pk, [f"Could not stop the job: {explain_client_error(error, job)}"])
 
 
 def give_up_stop(job_id: int, error: TransientAWSError) -> None:
