@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from decimal import Decimal
 
@@ -186,6 +187,27 @@ def test_a_gpu_job_is_created_on_the_hugging_face_image_with_our_name_data_and_c
     code = [key for key in keys if "/input/code/" in key]
     assert not any("__pycache__" in key or key.endswith(".pyc") or "README" in key for key in code)
     assert moto.sagemaker.describe_training_job(TrainingJobName=job.sagemaker_job_name)["TrainingJobStatus"]
+
+
+def test_the_uploaded_source_leaves_out_the_training_scripts_tests_and_caches(
+    owner, moto, monkeypatch, tmp_path
+):
+    source = tmp_path / "training_scripts"
+    shutil.copytree(submit.SOURCE_DIR, source, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    (source / "tests").mkdir()
+    (source / "tests" / "test_engine.py").write_text("def test_engine(): pass\n")
+    (source / "tests" / "__pycache__").mkdir()
+    (source / "tests" / "__pycache__" / "test_engine.cpython-311.pyc").write_bytes(b"\0")
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"\0")
+    monkeypatch.setattr(submit, "SOURCE_DIR", source)
+    job = sagemaker_job(owner, running=False)
+    sm.submit_job(job.pk)
+
+    code = [key for key in bucket_keys(f"users/{owner.pk}/jobs/{job.pk}") if "/input/code/" in key]
+    uploaded = {key.split("/input/code/", 1)[1] for key in code}
+    assert {"finetune.py", "engine.py", "requirements.txt"} <= uploaded
+    assert not [name for name in uploaded if name.startswith("tests/") or "__pycache__" in name]
 
 
 def test_a_cpu_spot_job_uses_the_pytorch_image_requirements_checkpoints_and_a_wait_limit(

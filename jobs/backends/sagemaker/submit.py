@@ -60,6 +60,7 @@ S = JobStatus
 SOURCE_DIR = Path(settings.BASE_DIR) / "training_scripts"
 ENTRY_SCRIPT = "finetune.py"
 REQUIREMENTS = "requirements.txt"
+# Names left out of the uploaded source at any depth: the engine's tests (training_scripts/tests/) stay home.
 SOURCE_IGNORE = [".env", ".git", "__pycache__", "*.pyc", ".DS_Store", ".cache", "tests", "README.md"]
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
 # Training images (sagemaker/core/image_uri_config): the Hugging Face one on GPUs,
