@@ -59,6 +59,7 @@ from django.core.cache import cache  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 
 from jobs.backends import sagemaker as sm  # noqa: E402
+from jobs.backends.sagemaker import clients  # noqa: E402
 from jobs.models import JobStatus, TrainingJob  # noqa: E402
 from jobs.tests.test_sagemaker_support import StubAccount, offline_session, progress_line, sagemaker_job  # noqa: E402
 
@@ -81,7 +82,7 @@ def run(size: int, owner) -> dict:
     TrainingJob.objects.all().delete()
     cache.clear()
     client = sm.AWS(offline_session())
-    sm._aws = client
+    clients._aws = client
     account = StubAccount(client.session)
     account.clock = T0
     jobs = [sagemaker_job(owner, name=f"Job {i}") for i in range(size)]

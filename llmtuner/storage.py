@@ -50,6 +50,12 @@ def is_s3(storage: Storage | None = None) -> bool:
     return hasattr(storage or _storage(), "bucket")
 
 
+def s3_uri(key: str) -> str:
+    """`s3://bucket/name` of a stored key (storage on S3): where a SageMaker channel reads it."""
+    storage = _storage()
+    return f"s3://{storage.bucket_name}/{storage._normalize_name(key)}"
+
+
 def _s3_object(storage, key: str):
     name = storage._normalize_name(key) if hasattr(storage, "_normalize_name") else key
     return storage.bucket.Object(name)

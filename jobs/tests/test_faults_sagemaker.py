@@ -20,7 +20,7 @@ from django.core.cache import cache
 from django.core.cache.backends import base as cache_base
 from django.core.cache.backends import locmem
 
-from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker.budget import BACKOFF_KEY
 from jobs.models import JobStatus, MetricPoint, TrainingJob
 from jobs.tests.test_sagemaker_poll import T0, FakeClock, assert_within_budget, run_cycle
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
@@ -126,4 +126,4 @@ def test_a_throttling_storm_is_waited_out_and_loses_no_job(owner, account: StubA
     for job in jobs:
         steps = sorted(MetricPoint.objects.filter(job=job, loss__isnull=False).values_list("step", flat=True))
         assert steps == ([10, 90, 100] if job in done else [10, 90]), (job.name, steps)
-    assert cache.get(sm.BACKOFF_KEY.format("describe") + ":level") is None  # clean cycles reset it
+    assert cache.get(BACKOFF_KEY.format("describe") + ":level") is None  # clean cycles reset it

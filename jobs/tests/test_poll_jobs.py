@@ -10,7 +10,7 @@ from django.core.cache import cache
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker import poll
 from jobs.models import JobStatus
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     account,
@@ -30,7 +30,7 @@ def run() -> str:
 
 
 def test_a_poll_moves_running_jobs_and_says_what_changed(owner, account, monkeypatch):
-    monkeypatch.setattr(sm.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(poll.time, "sleep", lambda seconds: None)
     job = sagemaker_job(owner, name="Cloud run")
     idle = sagemaker_job(owner, name="Still waiting")
     account.add_job(
@@ -66,7 +66,7 @@ def test_nothing_running_means_no_aws_call(db, account):
 
 def test_another_poll_running_is_said_and_nothing_is_polled(owner, account):
     sagemaker_job(owner)
-    cache.set(sm.LOCK_KEY, "someone else", 60)
+    cache.set(poll.LOCK_KEY, "someone else", 60)
 
     out = run()
 

@@ -14,6 +14,7 @@ from django.core.management.base import CommandError
 from moto import mock_aws
 
 from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker import clients
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     BUCKET,
     REGION,
@@ -148,7 +149,7 @@ def test_no_usable_quota_at_all_fails(account):
 def test_missing_credentials_fail_first_and_say_how_to_set_them(sagemaker_settings, monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
-    monkeypatch.setattr(sm, "_aws", sm.AWS(boto3.session.Session(region_name=REGION)))
+    monkeypatch.setattr(clients, "_aws", sm.AWS(boto3.session.Session(region_name=REGION)))
     out, error = run_failing()
     assert "✗ No AWS credentials were found for the worker" in out
     assert "Role" not in out

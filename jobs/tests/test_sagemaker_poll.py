@@ -16,6 +16,8 @@ from django.core.cache import cache
 
 from jobs import lifecycle
 from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker.budget import BACKOFF_KEY
+from jobs.backends.sagemaker.poll import LOCK_KEY, STOPPING_DESCRIBE_AFTER, WATERMARK_OVERLAP
 from jobs.models import JobStatus, MetricPoint, TrainingJob
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     StubAccount,
@@ -141,7 +143,7 @@ def test_in_progress_to_completed_with_progress_logs_chart_and_cost(owner, stubs
     # Second cycle: the listing shows it completed; its log is read to the end, then it completes.
     expect_list(
         stubs,
-        T0 + timedelta(seconds=30) - sm.WATERMARK_OVERLAP,  # a little before the previous cycle
+        T0 + timedelta(seconds=30) - WATERMARK_OVERLAP,  # a little before the previous cycle
         summary(job, "Completed", "Completed", T0 + timedelta(minutes=3)),
     )
     expect_describe(
@@ -312,6 +314,80 @@ def test_a_job_seen_stopping_in_aws_is_stopping_here(owner, stubs):
     assert job.status == JobStatus.STOPPING
 
 
+def stopping_job(owner, asked_ago: timedelta):
+    """A job the user stopped `asked_ago` before T0, last described (still running) before that."""
+    return sagemaker_job(
+        owner,
+        status=JobStatus.STOPPING,
+        stop_requested_at=T0 - asked_ago,
+        sagemaker_described_at=T0 - asked_ago - STOPPING_DESCRIBE_AFTER,
+        sagemaker_secondary_status="Training",
+    )
+
+
+def expect_stop(stubs: Stubs, job):
+    stubs.sagemaker.add_response("stop_training_job", {}, {"TrainingJobName": job.sagemaker_job_name})
+
+
+def test_a_stop_that_never_reached_aws_is_sent_again(owner, stubs, caplog):
+    # The broker was down when the user pressed Stop: the job is stopping here, still training in AWS.
+    job = stopping_job(owner, asked_ago=timedelta(minutes=5))
+    expect_describe(stubs, job, "InProgress", "Training")
+    expect_stop(stubs, job)
+    expect_streams(stubs, job)
+    report = poll(T0)
+    stubs.assert_done()
+    job.refresh_from_db()
+
+    assert report.calls["StopTrainingJob"] == 1
+    assert job.status == JobStatus.STOPPING
+    assert list(job.log_lines.values_list("text", flat=True))[-1] == (
+        "SageMaker was still running the job after it was stopped; asked it again to stop"
+    )
+    assert f"job {job.pk}: SageMaker still says InProgress; sent StopTrainingJob again" in caplog.text
+
+
+def test_a_lost_stop_is_sent_again_at_most_every_two_minutes(owner, stubs):
+    job = stopping_job(owner, asked_ago=timedelta(minutes=5))
+    expect_describe(stubs, job, "InProgress", "Training")
+    expect_stop(stubs, job)
+    expect_streams(stubs, job)
+    poll(T0)
+    # The next cycle: nothing changed in AWS, and the stop is not sent on every cycle.
+    expect_list(stubs, T0 - WATERMARK_OVERLAP)
+    expect_streams(stubs, job)
+    report = poll(T0 + timedelta(seconds=30))
+    stubs.assert_done()
+    assert "StopTrainingJob" not in report.calls
+    # Two minutes on, AWS still says InProgress: it is sent again.
+    expect_list(stubs, T0 + timedelta(seconds=30) - WATERMARK_OVERLAP)
+    expect_describe(stubs, job, "InProgress", "Training")
+    expect_stop(stubs, job)
+    expect_streams(stubs, job)
+    report = poll(T0 + timedelta(minutes=2, seconds=30))
+    stubs.assert_done()
+    assert report.calls["StopTrainingJob"] == 1
+
+
+def test_a_stop_just_asked_for_or_seen_by_aws_is_not_sent_again(owner, stubs):
+    # Stubber fails the poll on a StopTrainingJob it was not told to expect.
+    just_asked = stopping_job(owner, asked_ago=timedelta(seconds=20))
+    expect_describe(stubs, just_asked, "InProgress", "Training")
+    expect_streams(stubs, just_asked)
+    report = poll(T0)
+    stubs.assert_done()
+    assert "StopTrainingJob" not in report.calls
+
+    just_asked.delete()
+    seen = stopping_job(owner, asked_ago=timedelta(minutes=5))
+    expect_list(stubs, T0 - WATERMARK_OVERLAP)
+    expect_describe(stubs, seen, "Stopping", "Stopping")
+    expect_streams(stubs, seen)
+    report = poll(T0 + timedelta(seconds=30))
+    stubs.assert_done()
+    assert "StopTrainingJob" not in report.calls
+
+
 # --- rate limits and safety ---------------------------------------------------------------------------
 
 
@@ -328,13 +404,13 @@ def test_throttling_stops_that_kind_of_call_and_backs_off_for_the_next_cycles(ow
     report = poll(T0 + timedelta(seconds=30))  # backing off: no call at all
     assert report.total_calls == 0
 
-    cache.delete(sm.BACKOFF_KEY.format("describe"))  # the back-off expired
+    cache.delete(BACKOFF_KEY.format("describe"))  # the back-off expired
     expect_describe(stubs, first, "InProgress", "Starting")
     expect_describe(stubs, second, "InProgress", "Starting")
     report = poll(T0 + timedelta(minutes=2))
     stubs.assert_done()
     assert report.calls == {"DescribeTrainingJob": 2}
-    assert cache.get(sm.BACKOFF_KEY.format("describe") + ":level") is None  # a clean cycle resets it
+    assert cache.get(BACKOFF_KEY.format("describe") + ":level") is None  # a clean cycle resets it
 
 
 def test_a_throttled_log_read_does_not_stop_describes(owner, stubs):
@@ -350,7 +426,7 @@ def test_a_throttled_log_read_does_not_stop_describes(owner, stubs):
 
 def test_two_polls_never_run_at_once(owner, stubs):
     sagemaker_job(owner)
-    cache.add(sm.LOCK_KEY, "another worker", 60)
+    cache.add(LOCK_KEY, "another worker", 60)
     report = poll(T0)
     assert report.skipped == "another poll is running"
     assert report.total_calls == 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from decimal import Decimal
 
@@ -23,6 +24,9 @@ from accounts.models import get_profile
 from jobs import lifecycle, tasks
 from jobs.backends import queue_job
 from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker import clients, submit
+from jobs.backends.sagemaker.config import JOB_NAME_RE
+from jobs.backends.sagemaker.logs import LOG_GROUP
 from jobs.models import JobStatus
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     BUCKET,
@@ -88,10 +92,10 @@ def test_job_names_are_fixed_by_id_and_attempt_and_valid_for_sagemaker(owner, sa
     job = sagemaker_job(owner, running=False)
     assert sm.job_name(job) == f"llmtuner-job-{job.pk}-1"
     job.pk, job.attempt = 10**15, 999
-    assert sm.JOB_NAME_RE.match(sm.job_name(job))
+    assert JOB_NAME_RE.match(sm.job_name(job))
     assert len(sm.job_name(job)) <= 63
-    assert not sm.JOB_NAME_RE.match("-llmtuner") and not sm.JOB_NAME_RE.match("a" * 64)
-    assert not sm.JOB_NAME_RE.match("llmtuner_job_1")
+    assert not JOB_NAME_RE.match("-llmtuner") and not JOB_NAME_RE.match("a" * 64)
+    assert not JOB_NAME_RE.match("llmtuner_job_1")
 
 
 def test_sagemaker_is_offered_only_once_role_and_bucket_are_set(settings):
@@ -114,13 +118,13 @@ def test_sagemaker_is_offered_only_once_role_and_bucket_are_set(settings):
 def test_the_cost_cap_becomes_max_runtime_so_aws_enforces_it(owner, sagemaker_settings):
     job = sagemaker_job(owner, running=False, max_cost_usd=Decimal("10.00"), instance_count=2)
     # $10 ÷ ($1.408/h × 2) = 3.551 h = 12784 s (rounded down).
-    assert sm.runtime_limit(job, job.instance_type) == 12784
+    assert submit.runtime_limit(job, job.instance_type) == 12784
 
 
 def test_a_cap_too_small_to_start_is_refused_with_what_would_do(owner, sagemaker_settings):
     job = sagemaker_job(owner, running=False, max_cost_usd=Decimal("0.05"))
     with pytest.raises(sm.SageMakerError, match=r"buys only 127 s .* allow at least \$0.12"):
-        sm.runtime_limit(job, job.instance_type)
+        submit.runtime_limit(job, job.instance_type)
 
 
 def test_without_a_cap_the_budget_left_caps_the_job(owner, sagemaker_settings):
@@ -128,7 +132,7 @@ def test_without_a_cap_the_budget_left_caps_the_job(owner, sagemaker_settings):
     profile.monthly_budget_usd = Decimal("5.00")
     profile.save()
     job = sagemaker_job(owner, running=False, max_cost_usd=None)
-    assert sm.runtime_limit(job, job.instance_type) == int(Decimal("5") / Decimal("1.408") * 3600)
+    assert submit.runtime_limit(job, job.instance_type) == int(Decimal("5") / Decimal("1.408") * 3600)
 
 
 # --- the request the SDK builds -----------------------------------------------------------------------
@@ -183,6 +187,27 @@ def test_a_gpu_job_is_created_on_the_hugging_face_image_with_our_name_data_and_c
     code = [key for key in keys if "/input/code/" in key]
     assert not any("__pycache__" in key or key.endswith(".pyc") or "README" in key for key in code)
     assert moto.sagemaker.describe_training_job(TrainingJobName=job.sagemaker_job_name)["TrainingJobStatus"]
+
+
+def test_the_uploaded_source_leaves_out_the_training_scripts_tests_and_caches(
+    owner, moto, monkeypatch, tmp_path
+):
+    source = tmp_path / "training_scripts"
+    shutil.copytree(submit.SOURCE_DIR, source, ignore=shutil.ignore_patterns("tests", "__pycache__"))
+    (source / "tests").mkdir()
+    (source / "tests" / "test_engine.py").write_text("def test_engine(): pass\n")
+    (source / "tests" / "__pycache__").mkdir()
+    (source / "tests" / "__pycache__" / "test_engine.cpython-311.pyc").write_bytes(b"\0")
+    (source / "__pycache__").mkdir()
+    (source / "__pycache__" / "engine.cpython-311.pyc").write_bytes(b"\0")
+    monkeypatch.setattr(submit, "SOURCE_DIR", source)
+    job = sagemaker_job(owner, running=False)
+    sm.submit_job(job.pk)
+
+    code = [key for key in bucket_keys(f"users/{owner.pk}/jobs/{job.pk}") if "/input/code/" in key]
+    uploaded = {key.split("/input/code/", 1)[1] for key in code}
+    assert {"finetune.py", "engine.py", "requirements.txt"} <= uploaded
+    assert not [name for name in uploaded if name.startswith("tests/") or "__pycache__" in name]
 
 
 def test_a_cpu_spot_job_uses_the_pytorch_image_requirements_checkpoints_and_a_wait_limit(
@@ -243,7 +268,7 @@ def test_hf_token_travels_as_an_environment_variable_never_a_hyperparameter_nor_
     assert request["Environment"] == {"HF_TOKEN": "hf_secret_do_not_log"}
     assert "hf_secret_do_not_log" not in json.dumps(request["HyperParameters"])
     assert "hf_secret_do_not_log" not in caplog.text
-    assert "hf_secret_do_not_log" not in repr(sm.build_submission(job, {"train": "s3://b/k"}, REGION))
+    assert "hf_secret_do_not_log" not in repr(submit.build_submission(job, {"train": "s3://b/k"}, REGION))
 
 
 def test_a_dataset_in_the_datasets_bucket_is_read_where_it_is(owner, moto, requests_sent, settings):
@@ -388,7 +413,7 @@ def test_a_job_left_queued_when_sagemaker_was_switched_off_fails_saying_so(owner
 def test_missing_credentials_fail_the_job_with_how_to_set_them(owner, sagemaker_settings, monkeypatch):
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(name)
-    monkeypatch.setattr(sm, "_aws", sm.AWS(boto3.session.Session(region_name=REGION)))
+    monkeypatch.setattr(clients, "_aws", sm.AWS(boto3.session.Session(region_name=REGION)))
     job = sagemaker_job(owner, running=False)
     sm.submit_job(job.pk)
     job.refresh_from_db()
@@ -489,13 +514,13 @@ def test_a_job_stopped_before_submission_never_reaches_sagemaker(owner, moto, re
 
 def test_a_stop_that_comes_during_submission_stops_the_new_job(owner, moto, monkeypatch):
     job = sagemaker_job(owner, running=False)
-    real_launch = sm.launch
+    real_launch = submit.launch
 
     def launch_then_stop(submission, session):
         real_launch(submission, session)
         lifecycle.transition(job.pk, JobStatus.STOPPING, "Stopping…")  # the owner clicked stop meanwhile
 
-    monkeypatch.setattr(sm, "launch", launch_then_stop)
+    monkeypatch.setattr(submit, "launch", launch_then_stop)
     stopped = []
     monkeypatch.setattr(moto.sagemaker, "stop_training_job", lambda **params: stopped.append(params))
     sm.submit_job(job.pk)
@@ -510,9 +535,9 @@ def test_a_job_submitted_then_polled_reads_its_cloudwatch_log_and_completes(owne
     sm.submit_job(job.pk)
     job.refresh_from_db()
     logs = boto3.client("logs", region_name=REGION)
-    logs.create_log_group(logGroupName=sm.LOG_GROUP)
+    logs.create_log_group(logGroupName=LOG_GROUP)
     stream = f"{job.sagemaker_job_name}/algo-1-1700000000"
-    logs.create_log_stream(logGroupName=sm.LOG_GROUP, logStreamName=stream)
+    logs.create_log_stream(logGroupName=LOG_GROUP, logStreamName=stream)
     lines = [
         "Running Basic Script driver",
         format_event("start", total_steps=30, epochs=1),
@@ -520,7 +545,7 @@ def test_a_job_submitted_then_polled_reads_its_cloudwatch_log_and_completes(owne
         format_event("done", step=30, total_steps=30, train_loss=1.8),
     ]
     logs.put_log_events(
-        logGroupName=sm.LOG_GROUP,
+        logGroupName=LOG_GROUP,
         logStreamName=stream,
         # CloudWatch (and moto) drop events older than 14 days.
         logEvents=[

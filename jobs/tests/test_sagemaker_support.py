@@ -25,6 +25,7 @@ from botocore.validate import validate_parameters
 from django.core.cache import cache
 
 from jobs.backends import sagemaker as sm
+from jobs.backends.sagemaker import clients
 from jobs.models import Backend, InstanceType, JobStatus
 from jobs.tests.conftest import make_job
 
@@ -76,14 +77,14 @@ def sagemaker_settings(settings, monkeypatch):
     # (the default file cache is shared with every other test run on the machine).
     settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     cache.clear()
-    monkeypatch.setattr(sm, "_aws", None)
+    monkeypatch.setattr(clients, "_aws", None)
     return settings
 
 
 @pytest.fixture
 def fake_aws(sagemaker_settings, monkeypatch) -> sm.AWS:
     client = sm.AWS(offline_session())
-    monkeypatch.setattr(sm, "_aws", client)
+    monkeypatch.setattr(clients, "_aws", client)
     return client
 
 
