@@ -128,6 +128,22 @@ def test_without_a_trusted_proxy_the_forwarded_for_header_is_ignored(client, own
     assert LOCKED in response.content
 
 
+def test_sign_ups_behind_the_proxy_are_capped_per_client_not_site_wide(client, behind_one_proxy, settings):
+    limit = int(settings.ACCOUNT_RATE_LIMITS["signup"].split("/")[0])
+
+    def sign_up(email: str, client_ip: str):
+        form = {"email": email, "password1": PASSWORD, "password2": PASSWORD}
+        response = client.post("/accounts/signup/", form, REMOTE_ADDR=PROXY, HTTP_X_FORWARDED_FOR=client_ip)
+        client.logout()
+        return response
+
+    for number in range(limit):
+        assert sign_up(f"bot{number}@example.com", "203.0.113.7").status_code == 302, number
+    assert sign_up("one-more@example.com", "203.0.113.7").status_code == 429
+
+    assert sign_up("someone-else@example.com", "198.51.100.20").status_code == 302
+
+
 # --- The per-account lockout --------------------------------------------------------------------
 
 
