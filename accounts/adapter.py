@@ -12,7 +12,9 @@ from urllib.parse import urlsplit
 from allauth.account import app_settings as account_settings
 from allauth.account.adapter import DefaultAccountAdapter
 from allauth.core.internal import ratelimit  # the module allauth's own adapter counts logins with
+from allauth.core.internal.httpkit import clean_client_ip
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest
 
 # The ceiling on failed logins for one account from all addresses together (a guessing botnet).
@@ -58,6 +60,16 @@ class AccountAdapter(DefaultAccountAdapter):
         if account_settings.EMAIL_SUBJECT_PREFIX is not None:
             return super().format_email_subject(subject)
         return f"[{email_site().name}] {subject}"
+
+    def get_client_ip(self, request: HttpRequest) -> str:
+        try:
+            return super().get_client_ip(request)
+        except ImproperlyConfigured:
+            # Fewer X-Forwarded-For entries than TRUSTED_PROXY_COUNT: the request skipped our outer
+            # proxies. allauth answers that with a 500; the last entry is still a true address, the
+            # peer of our innermost proxy.
+            forwarded = clean_client_ip(request.headers["x-forwarded-for"].split(",")[-1])
+            return forwarded or request.META["REMOTE_ADDR"]
 
     def _get_login_attempts_cache_key(self, request: HttpRequest, **credentials: Any) -> str:
         # Five wrong passwords lock the account for the address they came from, not for its owner

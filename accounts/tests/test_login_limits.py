@@ -144,6 +144,19 @@ def test_sign_ups_behind_the_proxy_are_capped_per_client_not_site_wide(client, b
     assert sign_up("someone-else@example.com", "198.51.100.20").status_code == 302
 
 
+def test_a_request_that_skipped_an_outer_proxy_is_limited_under_the_address_it_came_from(
+    client, owner, settings
+):
+    settings.ALLAUTH_TRUSTED_PROXY_COUNT = 2  # a CDN, then the load balancer
+    client.raise_request_exception = False
+    for number in range(10):
+        response = site_login(client, f"nobody{number}@example.com", "guess", client_ip="203.0.113.7")
+        assert response.status_code == 200, number
+
+    assert LOCKED in site_login(client, owner.email, PASSWORD, client_ip="203.0.113.7").content
+    assert site_login(client, owner.email, PASSWORD, client_ip="198.51.100.20").status_code == 302
+
+
 # --- The per-account lockout --------------------------------------------------------------------
 
 
