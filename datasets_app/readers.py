@@ -20,6 +20,7 @@ import csv
 import gzip
 import io
 import json
+import sys
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -508,28 +509,57 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
+class LongNumberDecoder(json.JSONDecoder):
+    """Reads an integer longer than Python converts (`sys.get_int_max_str_digits()`) as None and
+    notes its length, so the record holding it can be refused with its line instead of a crash.
+
+    Slower than the plain decoder (a call per integer): used only on a record the plain one refused."""
+
+    def __init__(self) -> None:
+        super().__init__(parse_int=self._parse_int)
+        self.longest = 0
+
+    def _parse_int(self, digits: str) -> int | None:
+        try:
+            return int(digits)
+        except ValueError:
+            self.longest = max(self.longest, len(digits.lstrip("-")))
+            return None
+
+    def refusal(self) -> RowError:
+        limit = sys.get_int_max_str_digits()
+        return RowError(f"a number with {self.longest:,} digits; at most {limit:,} digits can be read")
+
+
 def read_jsonl(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[int, Any]]:
     oversized: list[int] = []
-    loads = json.loads
     for number, line in enumerate(physical_lines(text, max_line_chars, oversized), 1):
         if oversized and oversized[-1] == number:
             yield number, _too_long(max_line_chars)
             continue
         line = line.strip()
-        if not line:
-            continue
-        try:
-            value = loads(line)
-        except json.JSONDecodeError as exc:
-            yield number, RowError(f"not valid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        except RecursionError:
-            yield number, RowError(TOO_DEEP)
-            continue
-        if not isinstance(value, dict):
-            yield number, RowError(f"expected a JSON object {{...}}, found {_json_type(value)}")
-            continue
-        yield number, value
+        if line:
+            yield number, _json_line(line)
+
+
+_PLAIN_JSON = json.JSONDecoder()
+
+
+def _json_line(line: str, decoder: json.JSONDecoder = _PLAIN_JSON) -> Any:
+    """One JSON Lines record, or the RowError that says why it cannot be one."""
+    try:
+        value = decoder.decode(line)
+    except json.JSONDecodeError as exc:
+        return RowError(f"not valid JSON: {exc.msg} (column {exc.colno})")
+    except RecursionError:
+        return RowError(TOO_DEEP)
+    except ValueError:  # an integer too long to convert: read the line again to say so
+        return _json_line(line, LongNumberDecoder())
+    if isinstance(decoder, LongNumberDecoder) and decoder.longest:
+        return decoder.refusal()
+    if not isinstance(value, dict):
+        return RowError(f"expected a JSON object {{...}}, found {_json_type(value)}")
+    return value
 
 
 _WHITESPACE = " \t\r\n"
@@ -541,7 +571,7 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
     A syntax error inside the array cannot be skipped over safely, so it ends
     the file with a `PreparationError` that names the line and column.
     """
-    raw_decode = json.JSONDecoder().raw_decode
+    plain = json.JSONDecoder()
     buf = ""
     pos = 0
     eof = False
@@ -600,9 +630,10 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
         return
     while True:
         skip_ws()
+        careful = None
         while True:
             try:
-                value, end = raw_decode(buf, pos)
+                value, end = (careful or plain).raw_decode(buf, pos)
                 break
             except RecursionError:
                 raise broken(TOO_DEEP, pos) from None
@@ -615,12 +646,13 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
                         f"{error} (Or one element is longer than {max_line_chars:,} characters, the limit.)"
                     ) from None
                 fill()
-        yield (
-            line_at(pos),
-            value
-            if isinstance(value, dict)
-            else RowError(f"expected a JSON object {{...}}, found {_json_type(value)}"),
-        )
+            except ValueError:  # an integer too long to convert: read this element again, carefully
+                careful = LongNumberDecoder()
+        if careful and careful.longest:
+            value = careful.refusal()
+        elif not isinstance(value, dict):
+            value = RowError(f"expected a JSON object {{...}}, found {_json_type(value)}")
+        yield line_at(pos), value
         pos = end
         skip_ws()
         if pos >= len(buf):

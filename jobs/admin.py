@@ -141,9 +141,12 @@ class MonthField(forms.CharField):
         if not value:
             return None
         try:
-            return datetime.strptime(value, "%Y-%m").date()
+            month = datetime.strptime(value, "%Y-%m").date()
         except ValueError:
             raise forms.ValidationError("Enter a month as YYYY-MM.") from None
+        if month > reports.LAST_MONTH:
+            raise forms.ValidationError(f"Enter a month up to {reports.LAST_MONTH:%Y-%m}.")
+        return month
 
 
 class CostReportForm(forms.Form):

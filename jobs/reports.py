@@ -151,6 +151,10 @@ def report_csv_rows(by: str, start: date, end: date) -> Iterator[list[object]]:
 # --- months --------------------------------------------------------------------------------------
 
 
+# The last month a report may cover: it counts up to the start of the month after, which must exist.
+LAST_MONTH = date(date.max.year, 11, 1)
+
+
 def _as_datetime(month: date) -> datetime:
     return datetime(month.year, month.month, 1, tzinfo=UTC)
 

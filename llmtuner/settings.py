@@ -211,9 +211,13 @@ if _verification not in ("mandatory", "optional", "none"):
 ACCOUNT_EMAIL_VERIFICATION = _verification
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 ACCOUNT_LOGOUT_ON_PASSWORD_CHANGE = False
+ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+# Failed logins: 10 a minute from one address; 5 in 5 minutes for one account from one address
+# (the adapter keys it by address and account); 100 an hour for one account from everywhere.
 ACCOUNT_RATE_LIMITS = {
     "login": "30/m/ip",
     "login_failed": "10/m/ip,5/5m/key",
+    "login_failed_account": "100/h/key",
     "signup": "20/m/ip",
     "reset_password": "20/m/ip,5/m/key",
     "change_password": "5/m/user",
@@ -397,9 +401,14 @@ if HTTPS:
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000, 0)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
     SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", True)
-if env_bool("BEHIND_PROXY", not DEBUG):
+BEHIND_PROXY = env_bool("BEHIND_PROXY", not DEBUG)
+if BEHIND_PROXY:
     # The proxy terminates TLS and says so in this header.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# The rate limits key on the client's address: behind proxies it is the one the outermost of our
+# TRUSTED_PROXY_COUNT proxies appended to X-Forwarded-For (what a client wrote there itself is
+# further left, and ignored); with none, the peer's own address.
+ALLAUTH_TRUSTED_PROXY_COUNT = env_int("TRUSTED_PROXY_COUNT", 1 if BEHIND_PROXY else 0, 0)
 
 # --- Misc ---------------------------------------------------------------------
 

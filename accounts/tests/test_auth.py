@@ -64,11 +64,12 @@ def test_repeated_failed_logins_are_rate_limited(client, owner):
     assert client.get("/dashboard/").status_code == 302
 
 
-def test_password_reset_by_email(client, owner):
+def test_password_reset_by_email(client, owner, settings):
     response = client.post("/accounts/password/reset/", {"email": owner.email})
     assert response.status_code == 302
     assert len(mail.outbox) == 1
-    link = re.search(r"http://testserver(/accounts/password/reset/key/\S+/)", mail.outbox[0].body).group(1)
+    key_path = re.escape(settings.SITE_URL) + r"(/accounts/password/reset/key/\S+/)"
+    link = re.search(key_path, mail.outbox[0].body)[1]
     form_page = client.get(link, follow=True)
     assert form_page.status_code == 200
     new_password = "an0ther-long-passphrase!"
@@ -120,3 +121,61 @@ def test_staff_see_the_admin_link_and_others_do_not(client, owner, staff):
 
 def test_no_google_button_when_google_is_not_configured(client):
     assert b"Google" not in client.get("/accounts/login/").content
+
+
+# --- Links in emails come from SITE_URL, never from the request's Host header --------------------
+
+HOSTILE_HOST = "127.0.0.1:6666"
+
+
+@pytest.fixture
+def hostile_host_allowed(settings):
+    # As if the Host header got past ALLOWED_HOSTS (a wildcard, or the proxy passing it through).
+    settings.ALLOWED_HOSTS = ["testserver", "127.0.0.1"]
+    settings.SITE_URL = "https://tuner.example.com"
+    return settings
+
+
+def links_in(message) -> list[str]:
+    return re.findall(r"https?://\S+", message.body)
+
+
+def assert_every_link_is_on_the_site(message, site_url: str):
+    assert links_in(message), message.body
+    assert all(link.startswith(site_url + "/") for link in links_in(message)), links_in(message)
+    assert HOSTILE_HOST not in message.body and HOSTILE_HOST not in message.subject
+
+
+def test_a_password_reset_asked_with_a_hostile_host_links_to_the_site(client, owner, hostile_host_allowed):
+    client.post("/accounts/password/reset/", {"email": owner.email}, HTTP_HOST=HOSTILE_HOST)
+
+    (message,) = mail.outbox
+    assert_every_link_is_on_the_site(message, "https://tuner.example.com")
+    assert "https://tuner.example.com/accounts/password/reset/key/" in message.body
+
+
+def test_an_email_confirmation_sent_with_a_hostile_host_links_to_the_site(client, hostile_host_allowed):
+    client.post(
+        "/accounts/signup/",
+        {"email": "new@example.com", "password1": PASSWORD, "password2": PASSWORD},
+        HTTP_HOST=HOSTILE_HOST,
+    )
+
+    (message,) = mail.outbox
+    assert_every_link_is_on_the_site(message, "https://tuner.example.com")
+    assert "https://tuner.example.com/accounts/confirm-email/" in message.body
+
+
+def test_a_sign_up_for_a_taken_address_sent_with_a_hostile_host_links_to_the_site(
+    client, owner, hostile_host_allowed
+):
+    # Production's setting: the sign-up then answers as for a new address and emails the owner.
+    hostile_host_allowed.ACCOUNT_EMAIL_VERIFICATION = "mandatory"
+    client.post(
+        "/accounts/signup/",
+        {"email": owner.email, "password1": PASSWORD, "password2": PASSWORD},
+        HTTP_HOST=HOSTILE_HOST,
+    )
+
+    (message,) = mail.outbox
+    assert_every_link_is_on_the_site(message, "https://tuner.example.com")

@@ -43,7 +43,7 @@ class Route:
 
     @property
     def takes_an_id(self) -> bool:
-        return any(converter == "IntConverter" for _, converter in self.kwargs)
+        return any(converter == "IdConverter" for _, converter in self.kwargs)
 
     def __str__(self) -> str:
         return self.name
@@ -113,7 +113,7 @@ def fill(route: Route, objects: dict, missing: bool = False) -> str:
                 f"{route} takes <{argument}> and this test does not know which object that names: "
                 f"add ({route.namespace!r}, {argument!r}) to FILLERS in {__name__}"
             )
-        kwargs[argument] = MISSING_ID if (missing and converter == "IntConverter") else filler(objects)
+        kwargs[argument] = MISSING_ID if (missing and converter == "IdConverter") else filler(objects)
     return reverse(route.name, kwargs=kwargs)
 
 
@@ -201,6 +201,6 @@ def test_public_urls_open_without_a_login(client):
 
 
 def test_an_id_url_this_file_cannot_fill_fails_loudly():
-    newcomer = Route(name="jobs:detail", namespace="jobs", kwargs=(("checkpoint_pk", "IntConverter"),))
+    newcomer = Route(name="jobs:detail", namespace="jobs", kwargs=(("checkpoint_pk", "IdConverter"),))
     with pytest.raises(pytest.fail.Exception, match="add \\('jobs', 'checkpoint_pk'\\) to FILLERS"):
         fill(newcomer, {})

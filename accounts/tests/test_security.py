@@ -216,7 +216,7 @@ def _url_for(namespace: str, pattern: URLPattern, objects: dict, user) -> str | 
             kwargs[argument] = "jobs"
         elif argument in ("object_id", "id", "pk", "user_id"):
             kwargs[argument] = str(user.pk)
-        elif converter == "IntConverter":
+        elif converter == "IdConverter":
             kwargs[argument] = 1
         else:
             kwargs[argument] = "x1-set-password"

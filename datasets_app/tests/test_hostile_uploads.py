@@ -97,6 +97,15 @@ def _samples(expected: int):
     return check
 
 
+def _rejected(line: int, reason: str):
+    def check(client, dataset):
+        assert dataset.samples == 2, dataset.stats
+        examples = dataset.stats["rejected_examples"]
+        assert [(e["line"], reason in e["reason"]) for e in examples] == [(line, True)]
+
+    return check
+
+
 def _name_is_a_label_only(expected_original: str):
     def check(client, dataset):
         assert dataset.original_filename == expected_original
@@ -239,6 +248,34 @@ CASES = [
         lambda: b'{\n  "a": 1,\n  "b": {"c": 2}\n}',
         REFUSED,
         "list of objects",
+    ),
+    Case(
+        "json-integer-of-4301-digits",
+        "data.json",
+        lambda: b'[\n{"text": "fine", "n": ' + b"9" * 4301 + b"}\n]",
+        FAILED,
+        "line 2: a number with 4,301 digits",
+    ),
+    Case(
+        "jsonl-integer-of-4301-digits",
+        "data.jsonl",
+        lambda: b'{"text": "fine", "n": -' + b"1" * 4301 + b"}\n",
+        FAILED,
+        "line 1: a number with 4,301 digits",
+    ),
+    Case(
+        "jsonl-integer-of-4301-digits-then-broken",
+        "data.jsonl",
+        lambda: b'{"n": ' + b"1" * 4301 + b', "text": }\n',
+        FAILED,
+        "line 1: not valid JSON",
+    ),
+    Case(
+        "json-one-integer-of-4301-digits-among-good-rows",
+        "data.json",
+        lambda: b'[{"text": "one"},\n{"text": "two", "n": ' + b"7" * 4301 + b'},\n{"text": "three"}]',
+        READY,
+        check=_rejected(2, "a number with 4,301 digits"),
     ),
     Case("json-broken", "data.json", lambda: b'[{"text": "a"}, {"text": ', REFUSED, "broken"),
     Case(

@@ -85,6 +85,8 @@ def test_the_csv_export_escapes_cells_a_spreadsheet_would_run(staff_client, owne
         ({"start": "October"}, "Enter a month as YYYY-MM."),
         ({"start": "2026-11", "end": "2026-10"}, "The last month must not come before the first."),
         ({"by": "planet"}, "Select a valid choice."),
+        ({"end": "9999-12"}, "Enter a month up to 9999-11."),
+        ({"start": "9999-12", "end": "9999-12"}, "Enter a month up to 9999-11."),
     ],
 )
 def test_bad_parameters_are_named_and_the_default_period_is_shown(staff_client, query, message):
@@ -93,3 +95,19 @@ def test_bad_parameters_are_named_and_the_default_period_is_shown(staff_client, 
     assert response.status_code == 400
     assert message in response.content.decode()
     assert response["Content-Type"].startswith("text/html")
+
+
+@pytest.mark.parametrize("query", [{"end": "9999-12"}, {"start": "9999-12", "end": "9999-12"}])
+def test_a_month_past_the_calendars_end_is_a_form_error_on_the_page_too(staff_client, query):
+    response = staff_client.get(REPORT, query)
+
+    assert response.status_code == 400
+    assert "Enter a month up to 9999-11." in response.content.decode()
+
+
+def test_the_widest_period_the_calendar_holds_is_reported(staff_client):
+    for query in (
+        {"start": "0001-01", "end": "9999-11"},
+        {"start": "0001-01", "end": "9999-11", "format": "csv"},
+    ):
+        assert staff_client.get(REPORT, query).status_code == 200, query
