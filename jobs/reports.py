@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from django.conf import settings
 from django.db.models import Count, DecimalField, OuterRef, QuerySet, Subquery, Sum, Value
 from django.db.models.functions import Coalesce, TruncMonth
 
@@ -116,10 +115,6 @@ def month_spend_subquery(now: datetime | None = None) -> Coalesce:
 def job_count_subquery() -> Coalesce:
     jobs = TrainingJob.objects.filter(owner=OuterRef("pk")).order_by().values("owner").annotate(n=Count("pk"))
     return Coalesce(Subquery(jobs.values("n")), Value(0))
-
-
-def default_budget() -> Decimal:
-    return Decimal(settings.DEFAULT_MONTHLY_BUDGET_USD)
 
 
 # --- CSV -----------------------------------------------------------------------------------------
