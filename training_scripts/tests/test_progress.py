@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 from training_scripts import progress
-from training_scripts.tests.helpers import ROOT
+from training_scripts.tests.helpers import ROOT, SCRIPTS_DIR
 
 
 def test_progress_lines_are_ordered_json_and_never_nan():
@@ -34,3 +34,16 @@ def test_shared_modules_need_only_the_standard_library():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == '{"event": "done", "step": 1}'
+
+
+def test_bad_arguments_are_answered_before_the_heavy_libraries_load():
+    code = (
+        HEAVY_LIBRARIES_BLOCKED
+        + f"sys.path.insert(0, {str(SCRIPTS_DIR)!r})\n"
+        + "import finetune\n"
+        + "sys.exit(finetune.main(['--train_dir', '/nowhere', '--learning_rate', '5']))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    event = progress.parse_event(proc.stdout)
+    assert event["event"] == "error" and set(event["errors"]) == {"learning_rate"}
