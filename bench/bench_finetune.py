@@ -61,11 +61,10 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
 
 def build_model(rows: list[dict], folder: Path, seq_len: int) -> None:
     sys.path.insert(0, str(ROOT / "training_scripts"))
-    import engine  # the same builder as scratch:tiny-gpt2
+    from data import parse_sample
+    from modelling import build_scratch  # the same builder as scratch:tiny-gpt2
 
-    model, tokenizer = engine.build_scratch(
-        "scratch:tiny-gpt2", [engine.parse_sample(r) for r in rows], max(seq_len, 128)
-    )
+    model, tokenizer = build_scratch("scratch:tiny-gpt2", [parse_sample(r) for r in rows], max(seq_len, 128))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 

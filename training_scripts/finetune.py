@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import hyperparameters as hp  # noqa: E402
 import progress  # noqa: E402
+import reporting  # noqa: E402
 
 PATH_FLAGS = {
     "train_dir": "SM_CHANNEL_TRAIN",
@@ -155,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
 
         return engine.run(clean, paths, STATE)
     except UsageError as exc:
-        progress.emit("error", message=_scrub(str(exc)), errors=exc.errors)
+        reporting.emit("error", message=_scrub(str(exc)), errors=exc.errors)
         return 2
     except StopRequested as exc:
-        progress.emit(
+        reporting.emit(
             "stopped",
             step=STATE.step,
             total_steps=STATE.total_steps,
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # every failure becomes an error event
         traceback.print_exc(file=sys.stderr)
         message = getattr(exc, "user_message", None) or f"{type(exc).__name__}: {exc}"
-        progress.emit("error", message=_scrub(message))
+        reporting.emit("error", message=_scrub(message))
         return 1
 
 

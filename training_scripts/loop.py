@@ -1,0 +1,234 @@
+"""Train: a plain torch loop (token-weighted gradient accumulation, clipping, the LR schedule).
+
+Reports progress at least every few seconds, evaluates and checkpoints on the schedule, and
+stops after the current optimizer step once a stop signal came.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from batching import Batch, Datasets, epoch_batches, eval_batches
+from hardware import Hardware
+from reporting import TrainingError, emit, finite, perplexity
+from schedule import Schedule
+from tokenization import IGNORE
+from training_state import TrainingState, save_checkpoint
+
+# The job page polls every 2 s; a progress line at least this often keeps its bar moving.
+PROGRESS_MAX_INTERVAL_SECONDS = 2.0
+
+
+def forward_loss(model, batch: Batch, hardware: Hardware, seq2seq: bool) -> torch.Tensor:
+    """The loss summed over the batch's targets (the caller divides: token-weighted averages)."""
+    ids = hardware.to_device(batch.input_ids)
+    mask = None if batch.attention_mask is None else hardware.to_device(batch.attention_mask)
+    targets = hardware.to_device(batch.targets)
+    with hardware.autocast():
+        if seq2seq:
+            dec = hardware.to_device(batch.decoder_input_ids)
+            logits = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=False).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
+    return F.cross_entropy(
+        logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE, reduction="sum"
+    )
+
+
+@dataclass
+class ProgressWindow:
+    """The steps since the last progress event: what the next one reports."""
+
+    started: float  # training time when it opened
+    loss: torch.Tensor  # summed over the targets, left on the device until reported
+    targets: int = 0
+    tokens: int = 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        training: TrainingState,
+        datasets: Datasets,
+        schedule: Schedule,
+        hardware: Hardware,
+        hparams: dict,
+        run_state,
+        *,
+        seq2seq: bool,
+        tokenizer,
+        checkpoint_dir: str,
+    ):
+        self.training = training
+        self.tracker = training.tracker
+        self.model = training.model
+        self.datasets = datasets
+        self.schedule = schedule
+        self.hardware = hardware
+        self.seed = hparams["seed"]
+        self.clip = hparams["max_grad_norm"] if hparams["max_grad_norm"] > 0 else float("inf")
+        self.run_state = run_state  # finetune.RunState: the stop signal, and the step a stop reports
+        self.seq2seq = seq2seq
+        self.tokenizer = tokenizer
+        self.checkpoint_dir = checkpoint_dir
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.window = self._open_window(self.tracker.train_time())
+
+    def train(self) -> None:
+        """Up to the last step of the schedule or a stop signal; then a final evaluation unless stopped."""
+        self.model.train()
+        while self._going():
+            self._train_epoch(self._epoch_batches())
+            self.training.epoch += 1
+        self.hardware.synchronize()
+        self.tracker.stop_clock()
+        if not self.run_state.stop_requested() and self.datasets.eval is not None:
+            self.training.eval_loss = self._evaluate_and_report()
+
+    def _going(self) -> bool:
+        return self.training.step < self.schedule.total_steps and not self.run_state.stop_requested()
+
+    def _epoch_batches(self) -> Iterator[Batch]:
+        return epoch_batches(
+            self.datasets.train,
+            self.schedule.batch_size,
+            self.seed,
+            self.training.epoch,
+            self.hardware.pad_multiple,
+        )
+
+    def _train_epoch(self, micro: Iterator[Batch]) -> None:
+        while self._going():
+            group = list(itertools.islice(micro, self.schedule.gradient_accumulation_steps))
+            if not group:
+                break  # the epoch is over
+            self._optimizer_step(group)
+            if self.run_state.stop_requested():
+                break
+            step = self.training.step
+            if self.datasets.eval is not None and self.schedule.is_eval_step(step):
+                self.training.eval_loss = self._evaluate_and_report()
+            if self.schedule.is_save_step(step):
+                self._save_checkpoint()
+
+    # one optimizer step -------------------------------------------------------------
+    def _optimizer_step(self, group: list[Batch]) -> None:
+        self._accumulate_gradients(group)
+        grad_norm, learning_rate = self._apply_gradients()
+        self.training.step += 1
+        self.run_state.step = self.training.step
+        due = self.tracker.train_time() - self.window.started >= PROGRESS_MAX_INTERVAL_SECONDS
+        # Also report every few seconds, so a watcher never sees a frozen bar on slow steps.
+        if self.schedule.is_logging_step(self.training.step) or due or self.run_state.stop_requested():
+            self._report_progress(grad_norm, learning_rate)
+
+    def _accumulate_gradients(self, group: list[Batch]) -> None:
+        """Backward over the micro-batches, each weighted by its share of the step's targets."""
+        n_targets = sum(b.n_targets for b in group)
+        scaler = self.training.scaler
+        step_loss = torch.zeros((), device=self.hardware.device)
+        for batch in group:
+            loss_sum = forward_loss(self.model, batch, self.hardware, self.seq2seq)
+            loss = loss_sum / max(n_targets, 1)
+            (scaler.scale(loss) if scaler else loss).backward()
+            step_loss += loss_sum.detach()
+            self.window.tokens += batch.tokens
+        self.window.loss += step_loss
+        self.window.targets += n_targets
+
+    def _apply_gradients(self) -> tuple[torch.Tensor, float]:
+        """Clip, step the optimizer and the LR schedule; (gradient norm, learning rate of this step)."""
+        optimizer, scaler = self.training.optimizer, self.training.scaler
+        if scaler:
+            scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        learning_rate = optimizer.param_groups[0]["lr"]
+        self.training.lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return grad_norm, learning_rate
+
+    # events ---------------------------------------------------------------------------
+    def _open_window(self, started: float) -> ProgressWindow:
+        return ProgressWindow(started=started, loss=torch.zeros((), device=self.hardware.device))
+
+    def _report_progress(self, grad_norm: torch.Tensor, learning_rate: float) -> None:
+        window, tracker, step = self.window, self.tracker, self.training.step
+        loss_value = float(window.loss) / window.targets if window.targets else None
+        if loss_value is not None and not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the training loss became {loss_value} at step {step}: lower the learning rate "
+                "or check the data"
+            )
+        now = tracker.train_time()
+        elapsed = max(now - window.started, 1e-9)
+        tracker.train_tokens += window.tokens
+        if loss_value is not None:
+            tracker.loss_sum += float(window.loss)
+            tracker.loss_count += window.targets
+        record = {
+            "step": step,
+            "epoch": self.schedule.epoch_at(step),
+            "loss": loss_value,
+            "learning_rate": learning_rate,
+            "grad_norm": finite(float(grad_norm)),
+            "tokens_per_second": round(window.tokens / elapsed, 1),
+        }
+        tracker.log_history.append({"event": "progress", **record})
+        total_steps = self.schedule.total_steps
+        emit(
+            "progress",
+            total_steps=total_steps,
+            eta_seconds=round(now / step * (total_steps - step), 1),
+            **record,
+        )
+        self.window = self._open_window(now)
+
+    def _evaluate_and_report(self) -> float | None:
+        with self.tracker.excluding():
+            loss = self._evaluate()
+        if self.run_state.stop_requested():
+            return None
+        step = self.training.step
+        record = {"step": step, "epoch": self.schedule.epoch_at(step), "eval_loss": loss}
+        self.tracker.log_history.append({"event": "eval", **record})
+        emit(
+            "eval",
+            step=step,
+            total_steps=self.schedule.total_steps,
+            epoch=record["epoch"],
+            eval_loss=loss,
+            perplexity=perplexity(loss),
+        )
+        return loss
+
+    def _evaluate(self) -> float | None:
+        """The mean loss per target over the validation data; None when a stop signal cut it short."""
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.hardware.device)
+        count = 0
+        with torch.inference_mode():
+            for batch in eval_batches(
+                self.datasets.eval, self.schedule.batch_size, self.hardware.pad_multiple
+            ):
+                if self.run_state.stop_requested():
+                    self.model.train()
+                    return None
+                loss_sum += forward_loss(self.model, batch, self.hardware, self.seq2seq)
+                count += batch.n_targets
+        self.model.train()
+        return finite(float(loss_sum) / count) if count else None
+
+    def _save_checkpoint(self) -> None:
+        with self.tracker.excluding():
+            path = save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir)
+        emit("checkpoint", step=self.training.step, path=path)

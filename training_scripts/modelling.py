@@ -1,0 +1,242 @@
+"""Load the model: a scratch GPT-2 or a pretrained one, LoRA on top, placed on the device."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import hyperparameters as hp
+import torch
+from data import Corpus, Sample, sample_strings
+from hardware import Hardware
+from hub import hf_token, resolve_base_model, unavailable
+from reporting import TrainingError, log
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+SCRATCH_EOS = "<|endoftext|>"
+SCRATCH_PAD = "<|pad|>"
+
+# LoRA target modules per architecture (config.model_type); others fall back to peft's
+# defaults, then to all linear layers.
+_ATTN_QKVO = ["q_proj", "k_proj", "v_proj", "o_proj"]
+LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn"],
+    "gpt_bigcode": ["c_attn"],
+    "gpt_neox": ["query_key_value"],
+    "falcon": ["query_key_value"],
+    "bloom": ["query_key_value"],
+    "t5": ["q", "v"],
+    "mt5": ["q", "v"],
+    "umt5": ["q", "v"],
+    "bart": ["q_proj", "v_proj"],
+    "opt": ["q_proj", "v_proj"],
+    "gptj": ["q_proj", "v_proj"],
+    "gpt_neo": ["q_proj", "v_proj"],
+    "phi3": ["qkv_proj", "o_proj"],
+    "phi": ["q_proj", "k_proj", "v_proj", "dense"],
+    **dict.fromkeys(
+        (
+            "llama",
+            "mistral",
+            "mixtral",
+            "qwen2",
+            "qwen2_moe",
+            "qwen3",
+            "qwen3_moe",
+            "gemma",
+            "gemma2",
+            "gemma3_text",
+            "olmo",
+            "olmo2",
+            "stablelm",
+            "starcoder2",
+            "smollm3",
+            "granite",
+            "cohere",
+        ),
+        _ATTN_QKVO,
+    ),
+}
+
+
+def build_scratch(name: str, samples: list[Sample], max_len: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    spec = hp.SCRATCH_MODELS[name]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=spec["vocab_size"],
+        min_frequency=2,
+        special_tokens=[SCRATCH_EOS, SCRATCH_PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(itertools.islice(sample_strings(samples), 200_000), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        bos_token=SCRATCH_EOS,
+        eos_token=SCRATCH_EOS,
+        unk_token=SCRATCH_EOS,
+        pad_token=SCRATCH_PAD,
+        model_max_length=max_len,
+    )
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=max_len,
+        n_embd=spec["n_embd"],
+        n_layer=spec["n_layer"],
+        n_head=spec["n_head"],
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return GPT2LMHeadModel(config), tokenizer
+
+
+def load_pretrained(name: str, method: str, device: torch.device, precision: str):
+    token = hf_token()
+    source, local_only = resolve_base_model(name, token)
+    common = {"token": token, "local_files_only": local_only}
+    try:
+        config = AutoConfig.from_pretrained(source, **common)
+    except ValueError as exc:
+        raise TrainingError(
+            f"Model '{name}' has an architecture this transformers version does not know ({exc}); "
+            "models that need custom code are not run."
+        ) from None
+    except OSError as exc:
+        raise unavailable(name, local_only, exc) from None
+    seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    dtype = torch.float32
+    if method == "lora" and precision in ("bf16", "fp16"):
+        dtype = torch.bfloat16 if precision == "bf16" else torch.float16  # frozen base in half precision
+    cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        placement = {"device_map": {"": device.index or 0}} if device.type == "cuda" else {}
+        model = cls.from_pretrained(source, config=config, dtype=dtype, **placement, **common)
+    except ValueError as exc:
+        raise TrainingError(
+            f"Model '{name}' ({config.model_type}) is neither a causal nor a seq2seq language model: {exc}"
+        ) from None
+    except OSError as exc:
+        raise unavailable(name, local_only, exc) from None
+    return model, tokenizer, seq2seq
+
+
+def lora_target_modules(model, model_type: str):
+    names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    targets = LORA_TARGETS.get(model_type)
+    if targets and all(t in names for t in targets):
+        return targets
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as peft_defaults
+
+    if model_type in peft_defaults:
+        return None  # peft's own choice for this architecture
+    return "all-linear"
+
+
+def apply_lora(model, hparams: dict, seq2seq: bool):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    targets = lora_target_modules(model, model.config.model_type)
+    config = LoraConfig(
+        r=hparams["lora_r"],
+        lora_alpha=hparams["lora_alpha"],
+        lora_dropout=hparams["lora_dropout"],
+        target_modules=targets,
+        bias="none",
+        task_type=TaskType.SEQ_2_SEQ_LM if seq2seq else TaskType.CAUSAL_LM,
+    )
+    model = get_peft_model(model, config)
+    used = model.peft_config["default"].target_modules
+    return model, sorted(used) if isinstance(used, set | list | tuple) else used
+
+
+def max_positions(config) -> int | None:
+    for attr in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, attr, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = trainable = 0
+    for p in model.parameters():
+        total += p.numel()
+        if p.requires_grad:
+            trainable += p.numel()
+    return total, trainable
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    seq2seq: bool
+    max_len: int  # max_seq_length, capped at what the model supports
+    pad_id: int
+    decoder_start_id: int | None
+    lora_targets: Any
+    total_parameters: int
+    trainable_parameters: int
+
+
+def load_model(hparams: dict, corpus: Corpus, hardware: Hardware) -> LoadedModel:
+    model, tokenizer, seq2seq = load_base_model(hparams, corpus, hardware)
+    max_len = fit_max_seq_length(hparams, model, seq2seq)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    model, lora_targets = prepare_for_training(model, hparams, seq2seq, hardware)
+    decoder_start = getattr(model.config, "decoder_start_token_id", None)
+    total, trainable = count_parameters(model)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        seq2seq=seq2seq,
+        max_len=max_len,
+        pad_id=pad_id,
+        decoder_start_id=pad_id if decoder_start is None else decoder_start,
+        lora_targets=lora_targets,
+        total_parameters=total,
+        trainable_parameters=trainable,
+    )
+
+
+def load_base_model(hparams: dict, corpus: Corpus, hardware: Hardware):
+    """(model, tokenizer, seq2seq) of base_model: a scratch GPT-2 learnt on the data, or a pretrained one."""
+    base = hparams["base_model"]
+    if hp.is_scratch_model(base):
+        model, tokenizer = build_scratch(base, corpus.train + corpus.eval, hparams["max_seq_length"])
+        return model, tokenizer, False
+    return load_pretrained(base, hparams["method"], hardware.device, hardware.precision)
+
+
+def fit_max_seq_length(hparams: dict, model, seq2seq: bool) -> int:
+    max_len = hparams["max_seq_length"]
+    limit = None if seq2seq else max_positions(model.config)
+    if limit and max_len > limit:
+        log(f"max_seq_length {max_len} exceeds what {hparams['base_model']} supports; using {limit}")
+        return limit
+    return max_len
+
+
+def prepare_for_training(model, hparams: dict, seq2seq: bool, hardware: Hardware):
+    """Gradient checkpointing and LoRA as asked, on the device; (model, LoRA target modules)."""
+    if hparams["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora_targets = None
+    if hparams["method"] == "lora":
+        model, lora_targets = apply_lora(model, hparams, seq2seq)
+    model.to(hardware.device)
+    with contextlib.suppress(Exception):
+        model.config.use_cache = False
+    return model, lora_targets
