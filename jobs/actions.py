@@ -8,9 +8,11 @@ ones. A finished job's stored model is read through jobs.artifacts.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
+from uuid import UUID
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 
 from jobs.backends import queue_job
 from jobs.estimate import Estimate
@@ -34,6 +36,23 @@ def launch_job(owner, *, estimate: Estimate | None = None, **fields: Any) -> Tra
         job = TrainingJob.objects.create(owner=owner, status=JobStatus.QUEUED, **fields)
         queue_job(job)
     return job
+
+
+def launched_with(owner, submit_token: UUID | None) -> TrainingJob | None:
+    """The job that the new-job form with this one-time token already made, if any."""
+    if submit_token is None:
+        return None
+    return TrainingJob.objects.filter(owner=owner, submit_token=submit_token).first()
+
+
+def launch_once(owner, submit_token: UUID | None, **fields: Any) -> tuple[TrainingJob, bool]:
+    """launch_job for a new-job form: (the job, whether this call made it).
+
+    A form without a token (a script's post) launches each time.
+    """
+    return _launch_unless(
+        lambda: launched_with(owner, submit_token), owner, submit_token=submit_token, **fields
+    )
 
 
 def retry_job(job: TrainingJob) -> TrainingJob:
@@ -63,6 +82,21 @@ def retry_job(job: TrainingJob) -> TrainingJob:
         estimated_cost_usd=job.estimated_cost_usd,
         attempt=job.attempt + 1,
     )
+
+
+def _launch_unless(made: Callable[[], TrainingJob | None], owner, **fields: Any) -> tuple[TrainingJob, bool]:
+    """launch_job, unless the same request, sent twice at once, made the job a moment ago.
+
+    Both requests looked for the other's job before inserting and found none; the unique
+    constraint lets one insert, and the other answers with its job (and queues nothing).
+    """
+    try:
+        return launch_job(owner, **fields), True
+    except IntegrityError:
+        job = made()
+        if job is None:
+            raise
+        return job, False
 
 
 def delete_job(job: TrainingJob) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -170,6 +171,8 @@ class NewJobForm(forms.Form):
     # Which preset, dataset and model the hyperparameters shown were filled in for; when the
     # form comes with another, the estimate partial fills them in again.
     filled_for = forms.CharField(required=False, widget=forms.HiddenInput)
+    # A one-time token per rendered form: posted twice, the form makes one job (views.new_job).
+    submit_token = forms.UUIDField(required=False, widget=forms.HiddenInput, label="Form token")
 
     def __init__(self, user, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -183,6 +186,7 @@ class NewJobForm(forms.Form):
         self.estimate: Estimate | None = None
         if not self.is_bound:
             self.initial.setdefault("filled_for", self.fill_key())
+            self.initial.setdefault("submit_token", uuid.uuid4())
 
     # --- what the template reads ---
 
@@ -207,6 +211,14 @@ class NewJobForm(forms.Form):
     def needs_refill(self) -> bool:
         """A preset, dataset or model other than the one the shown values were filled in for."""
         return self.is_bound and self.data.get("filled_for", "") != self.fill_key()
+
+    @property
+    def posted_token(self) -> uuid.UUID | None:
+        """The posted one-time token, read on its own: whatever the rest of the form says."""
+        try:
+            return self.fields["submit_token"].clean(self["submit_token"].value())
+        except forms.ValidationError:
+            return None
 
     @property
     def selected_model(self) -> BaseModel | None:

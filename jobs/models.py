@@ -169,6 +169,8 @@ class TrainingJob(models.Model):
     notified_at = models.DateTimeField(null=True, blank=True)
     # Set by `submit_jobs`: a hash of the manifest entry, so a re-run never submits it twice.
     batch_key = models.CharField(max_length=64, blank=True, editable=False)
+    # The new-job form's one-time token: the same form submitted twice makes one job.
+    submit_token = models.UUIDField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-created_at"]
@@ -181,7 +183,8 @@ class TrainingJob(models.Model):
                 fields=["owner", "batch_key"],
                 condition=~models.Q(batch_key=""),
                 name="unique_batch_key_per_owner",
-            )
+            ),
+            models.UniqueConstraint(fields=["owner", "submit_token"], name="unique_submit_token_per_owner"),
         ]
 
     def __str__(self) -> str:

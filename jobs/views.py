@@ -71,6 +71,12 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
     return get_object_or_404(jobs, pk=pk, owner=request.user)
 
 
+def _go_to(request: HttpRequest, to: TrainingJob | str) -> HttpResponse:
+    """A redirect after an action; htmx is told to load the page whole rather than swap it in."""
+    url = to if isinstance(to, str) else to.get_absolute_url()
+    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+
+
 def _polled(view):
     """For the job page's polls, each asked every 2 s: login_required, GET only, and the job.
 
@@ -238,10 +244,16 @@ def _unbound_estimate(form: NewJobForm) -> dict:
 def new_job(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = NewJobForm(request.user, request.POST)
-        if form.is_valid():
+        # The same form again (a double click, a resent request) goes to the job it made, looked
+        # up before the form is judged: that job may have changed what the form would say.
+        job, made = actions.launched_with(request.user, form.posted_token), False
+        if job is None:
+            if not form.is_valid():
+                return _new_job_page(request, form, status=400)
             data = form.cleaned_data
-            job = actions.launch_job(
+            job, made = actions.launch_once(
                 request.user,
+                form.posted_token,
                 estimate=form.estimate,
                 name=form.job_name(),
                 dataset=data["dataset"],
@@ -253,9 +265,11 @@ def new_job(request: HttpRequest) -> HttpResponse:
                 max_cost_usd=data["max_cost_usd"],
                 use_spot=data["use_spot"],
             )
+        if made:
             messages.success(request, f"“{job.name}” is queued.")
-            return redirect(job)
-        return _new_job_page(request, form, status=400)
+        else:
+            messages.info(request, f"“{job.name}” was already launched from this form.")
+        return _go_to(request, job)
     query = NewJobQuery(request.user, request.GET)
     if request.GET.get("apply_preset"):
         # The no-JavaScript way to apply a preset: the form comes back with the preset's values.
@@ -417,7 +431,7 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, str(error))
         return redirect(job)
     messages.success(request, f"Attempt {new.attempt} of “{new.name}” is queued.")
-    return HttpResponseClientRedirect(new.get_absolute_url()) if request.htmx else redirect(new)
+    return _go_to(request, new)
 
 
 @login_required
@@ -433,8 +447,7 @@ def delete(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, str(error))
         return redirect(job)
     messages.success(request, f"“{job.name}” and its files are deleted.")
-    url = reverse("jobs:list")
-    return HttpResponseClientRedirect(url) if request.htmx else redirect(url)
+    return _go_to(request, reverse("jobs:list"))
 
 
 @login_required

@@ -113,6 +113,10 @@ REFUSED = [
     bad("backend", "sagemaker", "backend-sagemaker-not-configured"),
     bad("backend", "ssh://evil.example", "backend-unknown"),
     bad("dataset", "", "dataset-missing"),
+    # The new-job form's one-time token
+    bad("submit_token", "not-a-uuid", "submit_token-not-a-uuid"),
+    bad("submit_token", LONG, "submit_token-100k-digits"),
+    bad("submit_token", "' OR 1=1 --", "submit_token-sql"),
 ]
 
 

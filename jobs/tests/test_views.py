@@ -8,6 +8,7 @@ import zipfile
 
 import pytest
 from django.core import mail
+from django.test import Client
 
 from datasets_app.models import Dataset
 from jobs import lifecycle
@@ -15,6 +16,7 @@ from jobs.artifacts import UnsafeArchive
 from jobs.models import Backend, JobStatus, LogLine, MetricPoint, TrainingJob
 from jobs.notifications import send_job_finished_email
 from jobs.tests.conftest import make_job, make_ready_dataset, sagemaker_job, scratch_base_model, tar_gz
+from jobs.tests.test_hostile_forms import launch_data
 from llmtuner import storage
 
 pytestmark = pytest.mark.django_db
@@ -226,6 +228,92 @@ def test_launching_saves_a_queued_job_and_hands_it_to_the_backend(
     assert job.estimated_seconds and job.estimated_cost_usd is None
     assert job.celery_task_id
     assert len(callbacks) == 1  # the task is sent once the row is committed
+
+
+def launch_form(client, owner) -> dict:
+    """The new-job form as the page renders it, with its hidden fields, ready to be posted."""
+    dataset = make_ready_dataset(owner)
+    model = scratch_base_model()
+    page = client.get(f"/jobs/new/?dataset={dataset.pk}&base_model={model.pk}&preset=quick").content.decode()
+    token = re.search(r'name="submit_token" value="([^"]+)"', page)
+    assert token, "the new-job page renders a one-time token"
+    return {**launch_data(dataset, model), "submit_token": token[1]}
+
+
+def test_a_new_job_form_submitted_twice_makes_one_job(
+    owner_client, owner, django_capture_on_commit_callbacks
+):
+    form = launch_form(owner_client, owner)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        first = owner_client.post("/jobs/new/", form)
+        again = owner_client.post("/jobs/new/", form, follow=True)
+
+    job = TrainingJob.objects.get()
+    assert first.status_code == 302 and first.url == f"/jobs/{job.pk}/"
+    assert again.redirect_chain == [(f"/jobs/{job.pk}/", 302)]
+    assert "was already launched from this form" in again.content.decode()
+    assert len(callbacks) == 1  # handed to its backend once
+
+
+def test_an_htmx_post_of_the_same_form_twice_makes_one_job(
+    owner_client, owner, django_capture_on_commit_callbacks
+):
+    form = launch_form(owner_client, owner)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        responses = [owner_client.post("/jobs/new/", form, headers={"HX-Request": "true"}) for _ in range(2)]
+
+    job = TrainingJob.objects.get()
+    assert [(r.status_code, r["HX-Redirect"]) for r in responses] == [(200, f"/jobs/{job.pk}/")] * 2
+    assert len(callbacks) == 1
+
+
+def test_a_form_sent_again_goes_to_its_job_even_when_it_would_now_be_refused(owner_client, owner):
+    form = launch_form(owner_client, owner)
+    owner_client.post("/jobs/new/", form)
+    job = TrainingJob.objects.get()
+    Dataset.objects.filter(pk=form["dataset"]).delete()
+
+    again = owner_client.post("/jobs/new/", form)
+
+    assert again.status_code == 302 and again.url == f"/jobs/{job.pk}/"
+    assert TrainingJob.objects.count() == 1
+
+
+def test_a_refused_form_keeps_its_token_so_the_corrected_one_launches_once(owner_client, owner):
+    form = launch_form(owner_client, owner)
+
+    refused = owner_client.post("/jobs/new/", {**form, "batch_size": "0"})
+    assert refused.status_code == 400 and f'value="{form["submit_token"]}"' in refused.content.decode()
+    for _ in range(2):
+        owner_client.post("/jobs/new/", form)
+
+    assert TrainingJob.objects.count() == 1
+
+
+def test_two_forms_opened_make_two_jobs(owner_client, owner):
+    first, second = launch_form(owner_client, owner), launch_form(owner_client, owner)
+    assert first["submit_token"] != second["submit_token"]
+
+    owner_client.post("/jobs/new/", first)
+    owner_client.post("/jobs/new/", second)
+
+    assert TrainingJob.objects.count() == 2
+
+
+def test_someone_elses_form_token_never_leads_to_their_job(owner_client, owner, outsider):
+    owners = launch_form(owner_client, owner)
+    owner_client.post("/jobs/new/", owners)
+    outsider_client = Client()
+    outsider_client.force_login(outsider)
+    outsiders = {**launch_form(outsider_client, outsider), "submit_token": owners["submit_token"]}
+
+    response = outsider_client.post("/jobs/new/", outsiders)
+
+    theirs = TrainingJob.objects.get(owner=outsider)
+    assert response.status_code == 302 and response.url == f"/jobs/{theirs.pk}/"
+    assert TrainingJob.objects.filter(owner=owner).count() == 1
 
 
 def test_a_bad_value_is_named_and_nothing_is_launched(owner_client, owner):
