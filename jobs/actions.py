@@ -55,8 +55,19 @@ def launch_once(owner, submit_token: UUID | None, **fields: Any) -> tuple[Traini
     )
 
 
-def retry_job(job: TrainingJob) -> TrainingJob:
-    """A new queued job with the same settings as a failed or stopped one (attempt + 1)."""
+def next_attempt(job: TrainingJob) -> TrainingJob | None:
+    return TrainingJob.objects.filter(retry_of=job).first()
+
+
+def retry_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
+    """The next attempt of a failed or stopped job, with its settings: (it, whether this call made it).
+
+    An attempt is retried once: a second retry (a double click, two operators) gets the attempt
+    the first one made.
+    """
+    retried = next_attempt(job)
+    if retried is not None:
+        return retried, False
     if job.status not in RETRYABLE_STATES:
         raise ActionError(
             f"Only a failed or stopped job can be retried; this one is {job.get_status_display()}."
@@ -66,7 +77,8 @@ def retry_job(job: TrainingJob) -> TrainingJob:
         raise ActionError("Its dataset was deleted: clone it and choose another dataset.")
     if not dataset.is_ready:
         raise ActionError(f"Its dataset “{dataset.name}” is not ready.")
-    return launch_job(
+    return _launch_unless(
+        lambda: next_attempt(job),
         job.owner,
         name=job.name,
         dataset=dataset,
@@ -81,6 +93,7 @@ def retry_job(job: TrainingJob) -> TrainingJob:
         estimated_seconds=job.estimated_seconds,
         estimated_cost_usd=job.estimated_cost_usd,
         attempt=job.attempt + 1,
+        retry_of=job,
     )
 
 

@@ -242,11 +242,19 @@ class TrainingJobAdmin(admin.ModelAdmin):
         retried = 0
         for job in queryset.select_related("dataset", "owner", "base_model", "instance_type"):
             try:
-                actions.retry_job(job)
+                again, made = actions.retry_job(job)
             except actions.ActionError as error:
                 self.message_user(request, f"“{job.name}” (#{job.pk}): {error}", messages.WARNING)
-            else:
+                continue
+            if made:
                 retried += 1
+            else:
+                self.message_user(
+                    request,
+                    f"“{job.name}” (#{job.pk}) was retried already: "
+                    f"attempt {again.attempt} is job #{again.pk}.",
+                    messages.INFO,
+                )
         if retried:
             self.message_user(request, f"{retried} job(s) queued again.", messages.SUCCESS)
 

@@ -171,6 +171,10 @@ class TrainingJob(models.Model):
     batch_key = models.CharField(max_length=64, blank=True, editable=False)
     # The new-job form's one-time token: the same form submitted twice makes one job.
     submit_token = models.UUIDField(null=True, blank=True, editable=False)
+    # The attempt this one retries: however many clicks, an attempt has one next attempt.
+    retry_of = models.OneToOneField(
+        "self", on_delete=models.SET_NULL, null=True, blank=True, editable=False, related_name="next_attempt"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -426,11 +426,14 @@ def stop(request: HttpRequest, pk: int) -> HttpResponse:
 def retry(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
     try:
-        new = actions.retry_job(job)
+        new, made = actions.retry_job(job)
     except actions.ActionError as error:
         messages.error(request, str(error))
         return redirect(job)
-    messages.success(request, f"Attempt {new.attempt} of “{new.name}” is queued.")
+    if made:
+        messages.success(request, f"Attempt {new.attempt} of “{new.name}” is queued.")
+    else:
+        messages.info(request, f"“{job.name}” was retried already: this is attempt {new.attempt}.")
     return _go_to(request, new)
 
 

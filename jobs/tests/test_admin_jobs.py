@@ -143,6 +143,18 @@ def test_retry_queues_a_new_attempt_of_a_failed_job_and_refuses_others(
     assert "1 job(s) queued again." in messages_of(response)
 
 
+def test_retrying_the_same_job_again_from_the_admin_makes_no_second_attempt(staff_client, job_factory):
+    failed = job_factory(name="Broke", status=JobStatus.FAILED)
+    act(staff_client, "retry_jobs", failed)
+
+    response = act(staff_client, "retry_jobs", failed)
+
+    again = TrainingJob.objects.get(attempt=2)
+    assert TrainingJob.objects.count() == 2
+    retried = f"“Broke” (#{failed.pk}) was retried already: attempt 2 is job #{again.pk}."
+    assert messages_of(response) == [retried]
+
+
 # --- mark failed ---
 
 

@@ -1,4 +1,4 @@
-"""Two requests at once on PostgreSQL: the same launch form makes one job.
+"""Two requests at once on PostgreSQL: the same launch form, or a retry of the same attempt, makes one job.
 
 Both requests are held just before they insert, so each has already looked for the other's job and
 found none: the unique constraints alone decide, and the loser answers with the winner's job.
@@ -14,7 +14,8 @@ from django.db import connection, connections, transaction
 from django.test import Client
 
 from jobs import actions
-from jobs.models import TrainingJob
+from jobs.models import JobStatus, TrainingJob
+from jobs.tests.conftest import make_job
 from jobs.tests.test_views import launch_form
 
 pytestmark = [
@@ -64,6 +65,17 @@ def at_once(work: Callable[[], object]) -> list:
         thread.join(timeout=30)
     assert len(results) == 2, "both requests answered"
     return results
+
+
+def test_two_retries_of_the_same_attempt_at_once_make_one_next_attempt(owner, sent, inserting_together):
+    failed = make_job(owner, status=JobStatus.FAILED)
+
+    results = at_once(lambda: actions.retry_job(TrainingJob.objects.get(pk=failed.pk)))
+
+    second = TrainingJob.objects.get(attempt=2)
+    assert sorted((job.pk, made) for job, made in results) == [(second.pk, False), (second.pk, True)]
+    assert TrainingJob.objects.count() == 2
+    assert [args for _, args in sent] == [(second.pk,)]
 
 
 def test_the_same_launch_form_posted_twice_at_once_makes_one_job(owner, sent, inserting_together):

@@ -555,6 +555,45 @@ def test_retry_makes_a_new_queued_attempt_with_the_same_settings(
     assert TrainingJob.objects.get(pk=job.pk).status == JobStatus.FAILED
 
 
+def test_a_retry_of_the_same_attempt_makes_one_next_attempt(
+    owner_client, job, django_capture_on_commit_callbacks
+):
+    set_state(job, JobStatus.FAILED)
+
+    with django_capture_on_commit_callbacks() as callbacks:
+        responses = [owner_client.post(f"/jobs/{job.pk}/retry/", follow=True) for _ in range(3)]
+
+    new = TrainingJob.objects.exclude(pk=job.pk).get()
+    assert new.attempt == 2
+    assert [r.redirect_chain for r in responses] == [[(f"/jobs/{new.pk}/", 302)]] * 3
+    assert f"Attempt 2 of “{job.name}” is queued." in responses[0].content.decode()
+    assert f"“{job.name}” was retried already: this is attempt 2." in responses[2].content.decode()
+    assert len(callbacks) == 1
+
+
+def test_an_htmx_retry_clicked_twice_sends_both_to_the_one_next_attempt(owner_client, job):
+    set_state(job, JobStatus.STOPPED)
+
+    htmx = {"HX-Request": "true"}
+    responses = [owner_client.post(f"/jobs/{job.pk}/retry/", headers=htmx) for _ in range(2)]
+
+    new = TrainingJob.objects.exclude(pk=job.pk).get()
+    assert [r["HX-Redirect"] for r in responses] == [f"/jobs/{new.pk}/"] * 2
+
+
+def test_a_failed_second_attempt_retries_into_a_third(owner_client, job):
+    set_state(job, JobStatus.FAILED)
+    owner_client.post(f"/jobs/{job.pk}/retry/")
+    second = set_state(TrainingJob.objects.get(attempt=2), JobStatus.FAILED)
+
+    for _ in range(2):
+        response = owner_client.post(f"/jobs/{second.pk}/retry/")
+
+    third = TrainingJob.objects.get(attempt=3)
+    assert response.url == f"/jobs/{third.pk}/"
+    assert TrainingJob.objects.count() == 3
+
+
 def test_only_a_failed_or_stopped_job_can_be_retried(owner_client, job):
     for status in (JobStatus.QUEUED, JobStatus.TRAINING, JobStatus.COMPLETED):
         set_state(job, status)
