@@ -365,6 +365,11 @@ PLAYGROUND_CACHE_MODELS = env_int("PLAYGROUND_CACHE_MODELS", 2, 1)
 PLAYGROUND_CACHE_DIR = Path(env_str("PLAYGROUND_CACHE_DIR", str(VAR_DIR / "model-cache")))
 # One generation (both models, loading included) is stopped after this long.
 PLAYGROUND_TIME_LIMIT_SECONDS = env_int("PLAYGROUND_TIME_LIMIT_SECONDS", 600, 30)
+# One person's prompts must not hold up everyone's: each user may have this many prompts
+# waiting or generating at once, and send this many a minute; a prompt is at most this long.
+PLAYGROUND_RUNS_IN_FLIGHT = env_int("PLAYGROUND_RUNS_IN_FLIGHT", 3, 1)
+PLAYGROUND_PROMPTS_PER_MINUTE = env_int("PLAYGROUND_PROMPTS_PER_MINUTE", 10, 1)
+PLAYGROUND_MAX_PROMPT_CHARS = env_int("PLAYGROUND_MAX_PROMPT_CHARS", 4000, 1)
 
 # --- AWS SageMaker ------------------------------------------------------------
 # Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_PROFILE /
