@@ -3,6 +3,7 @@ and the limits that keep one person's prompts from holding up everyone else's wo
 
 from __future__ import annotations
 
+import threading
 from datetime import timedelta
 
 import pytest
@@ -442,3 +443,40 @@ def test_prompts_a_minute_are_counted_across_jobs_and_free_again_after_a_minute(
     assert second.status_code == 429
     assert "try again in 30 s" in second.content.decode()
     assert len(sent) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_prompts_sent_at_the_same_moment_are_counted_one_after_the_other(owner, settings):
+    from django.db import connection, transaction
+
+    from jobs.playground import runs
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no row locks: the race this guards against needs PostgreSQL")
+    settings.PLAYGROUND_RUNS_IN_FLIGHT = 1
+    job = complete(make_job(owner))
+    settings_of_a_prompt = {"prompt": "Hi", "max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0}
+    first_sent = threading.Event()
+    outcomes: list[str] = []
+
+    def second_prompt() -> None:
+        first_sent.wait()
+        try:
+            runs.submit_prompt(job, **settings_of_a_prompt)
+        except runs.TooManyPrompts:
+            outcomes.append("refused")
+        else:
+            outcomes.append("accepted")
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=second_prompt)
+    other.start()
+    with transaction.atomic():  # the first prompt's transaction is still open when the second comes
+        runs.submit_prompt(job, **settings_of_a_prompt)
+        first_sent.set()
+        other.join(timeout=1)
+    other.join()
+
+    assert outcomes == ["refused"]
+    assert job.playground_runs.count() == 1
