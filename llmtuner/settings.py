@@ -330,8 +330,13 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": MAX_JOB_RUNTIME_SECONDS + 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-# Training runs for hours on its own queue, so short tasks never wait behind it.
-CELERY_TASK_ROUTES = {"jobs.tasks.run_local_job": {"queue": "training"}}
+# Training runs for hours on its own queue, so short tasks never wait behind it; playground
+# prompts have theirs, so dataset preparation never waits behind them nor they behind it.
+# A worker must serve each queue: llmtuner/launch.py and docker-compose.yml start them.
+CELERY_TASK_ROUTES = {
+    "jobs.tasks.run_local_job": {"queue": "training"},
+    "jobs.tasks.run_playground": {"queue": "playground"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False  # a lost training run is reaped, not replayed
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

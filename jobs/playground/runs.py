@@ -198,7 +198,7 @@ def fail_stale_runs() -> list[int]:
         if fail_run(run_id, f"The worker stopped while generating: no answer after {limit} s."):
             failed.append(run_id)
     for run_id in list(stale_queued):
-        if fail_run(run_id, "No worker picked this prompt up; is a worker running on the default queue?"):
+        if fail_run(run_id, "No worker picked this prompt up; is a worker running on the playground queue?"):
             failed.append(run_id)
     return failed
 
