@@ -94,9 +94,8 @@ def check_prompt_limits(owner_id: int) -> None:
     Counted from the user's runs, not a cache: exact, and a cache flush lifts no limit.
     """
     owned = PlaygroundRun.objects.filter(job__owner_id=owner_id)
-    at_once = settings.PLAYGROUND_RUNS_IN_FLIGHT
     in_flight = owned.filter(status__in=(PlaygroundStatus.QUEUED, PlaygroundStatus.RUNNING)).count()
-    if in_flight >= at_once:
+    if in_flight >= settings.PLAYGROUND_RUNS_IN_FLIGHT:
         raise TooManyPrompts(
             f"You have {_prompts(in_flight)} waiting or generating, the most at once: "
             "send this one when one of them has finished."
@@ -110,8 +109,7 @@ def check_prompt_limits(owner_id: int) -> None:
     )
     if len(recent) >= per_minute:
         # Once the oldest of these leaves the window, one more prompt fits.
-        wait = math.ceil((recent[-1] + PROMPTS_WINDOW - now).total_seconds())
-        wait = max(wait, 1)
+        wait = max(math.ceil((recent[-1] + PROMPTS_WINDOW - now).total_seconds()), 1)
         raise TooManyPrompts(
             f"You have sent {_prompts(per_minute)} in the last minute, the most allowed: "
             f"try again in {wait} s.",
