@@ -110,6 +110,8 @@ def celery_worker_process(transactional_db, tmp_path, settings):
         pytest.skip("needs CELERY_BROKER_URL on Redis")
     from django.db import connection
 
+    from llmtuner.broker import QUEUES
+
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "llmtuner.settings",
@@ -140,7 +142,7 @@ def celery_worker_process(transactional_db, tmp_path, settings):
                 "llmtuner",
                 "worker",
                 "-Q",
-                "default,training",
+                ",".join(QUEUES),
                 "--concurrency",
                 "2",
                 "--pool",
@@ -168,8 +170,10 @@ def celery_worker_process(transactional_db, tmp_path, settings):
 def _purge_queues(broker: str) -> None:
     import redis
 
+    from llmtuner.broker import QUEUES
+
     client = redis.Redis.from_url(broker)
-    for queue in ("default", "training"):
+    for queue in QUEUES:
         client.delete(queue)
 
 

@@ -15,19 +15,27 @@ import time
 GRACE_SECONDS = 10
 
 
-def main(host: str = "127.0.0.1", port: str = "8000") -> int:
+def commands(host: str, port: str) -> dict[str, list[str]]:
+    """What `make run` starts: the web server, a worker for each queue, and beat."""
     python = sys.executable
-    commands = {
+    return {
         "web": [python, "manage.py", "runserver", "--noreload", f"{host}:{port}"],
         "worker": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "default",
                    "--concurrency", "2", "-n", "default@%h", "-l", "INFO"],
         # One training at a time: two trainings on the same CPUs slow each other down many times over.
         "trainer": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "training",
                     "--concurrency", "1", "-n", "training@%h", "-l", "INFO"],
+        # One prompt at a time: each process keeps its own models loaded (PLAYGROUND_CACHE_MODELS).
+        "playground": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "playground",
+                       "--concurrency", "1", "-n", "playground@%h", "-l", "INFO"],
         "beat": [python, "-m", "celery", "-A", "llmtuner", "beat", "-l", "INFO"],
     }  # fmt: skip
+
+
+def main(host: str = "127.0.0.1", port: str = "8000") -> int:
     processes = {
-        name: subprocess.Popen(command, start_new_session=True) for name, command in commands.items()
+        name: subprocess.Popen(command, start_new_session=True)
+        for name, command in commands(host, port).items()
     }
     print(
         f"\n  LLM Tuner is running on http://{host}:{port}/  (Ctrl-C stops web, workers and beat)\n",

@@ -330,8 +330,13 @@ else:
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": MAX_JOB_RUNTIME_SECONDS + 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
-# Training runs for hours on its own queue, so short tasks never wait behind it.
-CELERY_TASK_ROUTES = {"jobs.tasks.run_local_job": {"queue": "training"}}
+# Training runs for hours on its own queue, so short tasks never wait behind it; playground
+# prompts have theirs, so dataset preparation never waits behind them nor they behind it.
+# A worker must serve each queue: llmtuner/launch.py and docker-compose.yml start them.
+CELERY_TASK_ROUTES = {
+    "jobs.tasks.run_local_job": {"queue": "training"},
+    "jobs.tasks.run_playground": {"queue": "playground"},
+}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False  # a lost training run is reaped, not replayed
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -365,6 +370,11 @@ PLAYGROUND_CACHE_MODELS = env_int("PLAYGROUND_CACHE_MODELS", 2, 1)
 PLAYGROUND_CACHE_DIR = Path(env_str("PLAYGROUND_CACHE_DIR", str(VAR_DIR / "model-cache")))
 # One generation (both models, loading included) is stopped after this long.
 PLAYGROUND_TIME_LIMIT_SECONDS = env_int("PLAYGROUND_TIME_LIMIT_SECONDS", 600, 30)
+# One person's prompts must not hold up everyone's: each user may have this many prompts
+# waiting or generating at once, and send this many a minute; a prompt is at most this long.
+PLAYGROUND_RUNS_IN_FLIGHT = env_int("PLAYGROUND_RUNS_IN_FLIGHT", 3, 1)
+PLAYGROUND_PROMPTS_PER_MINUTE = env_int("PLAYGROUND_PROMPTS_PER_MINUTE", 10, 1)
+PLAYGROUND_MAX_PROMPT_CHARS = env_int("PLAYGROUND_MAX_PROMPT_CHARS", 4000, 1)
 
 # --- AWS SageMaker ------------------------------------------------------------
 # Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID / AWS_PROFILE /

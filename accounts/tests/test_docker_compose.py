@@ -31,7 +31,7 @@ def test_app_services_run_the_right_programs():
 
 def test_app_environment_only_names_variables_that_settings_read():
     read_by_settings = set(re.findall(r'env_\w+\(\s*"([A-Z0-9_]+)"', SETTINGS_SOURCE))
-    for name in ("web", "worker", "trainer", "beat"):
+    for name in ("web", "worker", "trainer", "playground", "beat"):
         environment = SERVICES[name]["environment"]
         unknown = set(environment) - read_by_settings - READ_BY_LIBRARIES
         assert not unknown, f"{name}: {unknown}"

@@ -9,12 +9,15 @@ here that imports torch, imported inside `run_generation` so the web process nev
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 from datetime import timedelta
 from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
 from django.utils import timezone
 
 from jobs import artifacts
@@ -24,7 +27,6 @@ from llmtuner import broker
 
 logger = logging.getLogger(__name__)
 
-MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 512
 MAX_TEMPERATURE = 2.0
 UNTRAINED_SEED = 0
@@ -32,10 +34,20 @@ MAX_ERROR_CHARS = 2000
 # A queued run nobody picked up, or a running one whose worker died, is failed after this.
 QUEUED_TIMEOUT = timedelta(hours=2)
 RUNNING_GRACE = timedelta(seconds=120)
+# PLAYGROUND_PROMPTS_PER_MINUTE counts the prompts a user sent in this window.
+PROMPTS_WINDOW = timedelta(minutes=1)
 
 
 class PlaygroundUnavailable(Exception):
     """The job has no tuned model to try (yet)."""
+
+
+class TooManyPrompts(Exception):
+    """The owner is at a per-user limit; `retry_after` is in seconds, None when it depends on a run ending."""
+
+    def __init__(self, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 # --- Availability and submission (web process) --------------------------------------
@@ -76,6 +88,39 @@ def is_chat(job: TrainingJob) -> bool:
     return bool(dataset and (dataset.stats or {}).get("shape") == "messages")
 
 
+def check_prompt_limits(owner_id: int) -> None:
+    """Raise TooManyPrompts when this user may not send a prompt now.
+
+    Counted from the user's runs, not a cache: exact, and a cache flush lifts no limit.
+    """
+    owned = PlaygroundRun.objects.filter(job__owner_id=owner_id)
+    in_flight = owned.filter(status__in=(PlaygroundStatus.QUEUED, PlaygroundStatus.RUNNING)).count()
+    if in_flight >= settings.PLAYGROUND_RUNS_IN_FLIGHT:
+        raise TooManyPrompts(
+            f"You have {_prompts(in_flight)} waiting or generating, the most at once: "
+            "send this one when one of them has finished."
+        )
+    per_minute = settings.PLAYGROUND_PROMPTS_PER_MINUTE
+    now = timezone.now()
+    recent = list(
+        owned.filter(created_at__gt=now - PROMPTS_WINDOW)
+        .order_by("-created_at")
+        .values_list("created_at", flat=True)[:per_minute]
+    )
+    if len(recent) >= per_minute:
+        # Once the oldest of these leaves the window, one more prompt fits.
+        wait = max(math.ceil((recent[-1] + PROMPTS_WINDOW - now).total_seconds()), 1)
+        raise TooManyPrompts(
+            f"You have sent {_prompts(per_minute)} in the last minute, the most allowed: "
+            f"try again in {wait} s.",
+            retry_after=wait,
+        )
+
+
+def _prompts(count: int) -> str:
+    return f"{count} prompt" if count == 1 else f"{count} prompts"
+
+
 def submit_prompt(
     job: TrainingJob, *, prompt: str, max_new_tokens: int, temperature: float, top_p: float
 ) -> PlaygroundRun:
@@ -86,17 +131,21 @@ def submit_prompt(
     from jobs import tasks
 
     task_id = str(uuid.uuid4())
-    run = PlaygroundRun.objects.create(
-        job=job,
-        prompt=prompt,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_p=top_p,
-        base_label=base_label(job),
-        celery_task_id=task_id,
-    )
-    # With the broker down, the run waits queued and the stale-run reaper fails it visibly.
-    broker.send_on_commit(tasks.run_playground, (run.pk,), task_id)
+    with transaction.atomic():
+        # Lock the owner's row so that prompts sent at the same moment are counted one after another.
+        list(get_user_model().objects.select_for_update().filter(pk=job.owner_id).values_list("pk"))
+        check_prompt_limits(job.owner_id)
+        run = PlaygroundRun.objects.create(
+            job=job,
+            prompt=prompt,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            base_label=base_label(job),
+            celery_task_id=task_id,
+        )
+        # With the broker down, the run waits queued and the stale-run reaper fails it visibly.
+        broker.send_on_commit(tasks.run_playground, (run.pk,), task_id)
     return run
 
 
@@ -147,7 +196,7 @@ def fail_stale_runs() -> list[int]:
         if fail_run(run_id, f"The worker stopped while generating: no answer after {limit} s."):
             failed.append(run_id)
     for run_id in list(stale_queued):
-        if fail_run(run_id, "No worker picked this prompt up; is a worker running on the default queue?"):
+        if fail_run(run_id, "No worker picked this prompt up; is a worker running on the playground queue?"):
             failed.append(run_id)
     return failed
 

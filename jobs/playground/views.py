@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 from django import forms
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -20,12 +21,8 @@ RUNS_SHOWN = 50
 class PlaygroundForm(forms.Form):
     prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "Write a prompt…"}),
-        max_length=runs.MAX_PROMPT_CHARS,
         strip=False,  # a trailing space changes what a completion model writes next
-        error_messages={
-            "required": "Write a prompt first.",
-            "max_length": f"The prompt can be at most {runs.MAX_PROMPT_CHARS:,} characters long.",
-        },
+        error_messages={"required": "Write a prompt first."},
     )
     max_new_tokens = forms.IntegerField(
         label="Max new tokens",
@@ -51,11 +48,22 @@ class PlaygroundForm(forms.Form):
         error_messages={"required": "Top-p is required.", "invalid": "Top-p must be a number."},
     )
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # The limit is read per form, not at import, so a changed setting applies at once.
+        self.fields["prompt"].widget.attrs["maxlength"] = settings.PLAYGROUND_MAX_PROMPT_CHARS
+
     def clean_prompt(self) -> str:
-        prompt = self.cleaned_data["prompt"]
+        # Counted after the CRLF the browser sends becomes one line break, as the browser counts it.
+        prompt = self.cleaned_data["prompt"].replace("\r\n", "\n")
         if not prompt.strip():
             raise forms.ValidationError("Write a prompt first.")
-        return prompt.replace("\r\n", "\n")
+        limit = settings.PLAYGROUND_MAX_PROMPT_CHARS
+        if len(prompt) > limit:
+            raise forms.ValidationError(
+                f"The prompt can be at most {limit:,} characters; this one has {len(prompt):,}."
+            )
+        return prompt
 
     def clean_max_new_tokens(self) -> int:
         value = self.cleaned_data["max_new_tokens"]
@@ -109,11 +117,15 @@ def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
     if request.method == "GET":
         return render(request, "jobs/playground.html", _context(job, PlaygroundForm()))
     form = PlaygroundForm(request.POST)
+    status, retry_after = 400, None
     if form.is_valid():
         try:
             runs.submit_prompt(job, **form.cleaned_data)
         except runs.PlaygroundUnavailable as error:
             form.add_error(None, str(error))
+        except runs.TooManyPrompts as error:
+            form.add_error(None, str(error))
+            status, retry_after = 429, error.retry_after
         else:
             if not request.htmx:
                 return redirect("jobs:playground", pk=job.pk)
@@ -122,7 +134,10 @@ def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
             return render(request, "jobs/playground.html#playground", _context(job, form))
     if request.htmx:  # htmx 2 swaps only 2xx responses
         return render(request, "jobs/playground.html#playground", _context(job, form))
-    return render(request, "jobs/playground.html", _context(job, form), status=400)
+    response = render(request, "jobs/playground.html", _context(job, form), status=status)
+    if retry_after:
+        response["Retry-After"] = str(retry_after)
+    return response
 
 
 @login_required

@@ -1,6 +1,10 @@
-"""The playground pages: who may use them, what the form accepts, how a run is shown and polled."""
+"""The playground pages: who may use them, what the form accepts, how a run is shown and polled,
+and the limits that keep one person's prompts from holding up everyone else's work."""
 
 from __future__ import annotations
+
+import threading
+from datetime import timedelta
 
 import pytest
 from django.utils import timezone
@@ -63,7 +67,7 @@ def urls(job_pk: int, run_pk: int) -> list[tuple[str, str]]:
     [
         ("prompt", "", "Write a prompt first."),
         ("prompt", "   \n ", "Write a prompt first."),
-        ("prompt", "x" * 4001, "The prompt can be at most 4,000 characters long."),
+        ("prompt", "x" * 4001, "The prompt can be at most 4,000 characters; this one has 4,001."),
         ("max_new_tokens", "0", "Max new tokens must be between 1 and 512."),
         ("max_new_tokens", "513", "Max new tokens must be between 1 and 512."),
         ("max_new_tokens", "2.5", "Max new tokens must be a whole number."),
@@ -272,3 +276,207 @@ def test_the_run_partial_makes_a_fixed_number_of_queries(
     # the run with its job
     with django_assert_num_queries(1):
         owner_client.get(url, **HTMX)
+
+
+# --- Limits ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def sent(monkeypatch):
+    """The run ids sent to the broker."""
+    from jobs import tasks
+
+    ids: list[int] = []
+    monkeypatch.setattr(tasks.run_playground, "apply_async", lambda args, task_id: ids.append(args[0]))
+    return ids
+
+
+def earlier_run(job: TrainingJob, seconds_ago: float, status: str = PlaygroundStatus.DONE) -> PlaygroundRun:
+    run = PlaygroundRun.objects.create(
+        job=job, prompt="Hi", max_new_tokens=8, temperature=0, top_p=1, status=status
+    )
+    PlaygroundRun.objects.filter(pk=run.pk).update(created_at=timezone.now() - timedelta(seconds=seconds_ago))
+    return run
+
+
+# --- Limits: prompt length -----------------------------------------------------------
+
+
+def test_a_prompt_over_the_length_limit_is_refused_with_both_figures(settings):
+    settings.PLAYGROUND_MAX_PROMPT_CHARS = 1000
+
+    form = PlaygroundForm({**GOOD, "prompt": "x" * 1001})
+
+    assert not form.is_valid()
+    assert form.errors["prompt"] == ["The prompt can be at most 1,000 characters; this one has 1,001."]
+    assert PlaygroundForm({**GOOD, "prompt": "x" * 1000}).is_valid()
+
+
+def test_the_length_limit_counts_a_line_break_once_as_the_browser_does(settings):
+    # Browsers send a textarea's line breaks as CRLF but count each as one character.
+    settings.PLAYGROUND_MAX_PROMPT_CHARS = 4000
+
+    form = PlaygroundForm({**GOOD, "prompt": "a\r\n" * 2000})
+
+    assert form.is_valid(), form.errors
+    assert form.cleaned_data["prompt"] == "a\n" * 2000
+
+
+def test_the_prompt_box_tells_the_browser_the_limit(owner_client, completed_job, settings):
+    settings.PLAYGROUND_MAX_PROMPT_CHARS = 1234
+
+    page = owner_client.get(f"/jobs/{completed_job.pk}/playground/").content.decode()
+
+    assert 'maxlength="1234"' in page
+
+
+def test_a_long_prompt_comes_back_refused_and_nothing_is_queued(
+    owner_client, completed_job, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.PLAYGROUND_MAX_PROMPT_CHARS = 50
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(
+            f"/jobs/{completed_job.pk}/playground/", {**GOOD, "prompt": "y" * 51}, **HTMX
+        )
+
+    assert response.status_code == 200
+    assert "The prompt can be at most 50 characters; this one has 51." in response.content.decode()
+    assert not PlaygroundRun.objects.exists()
+    assert sent == []
+
+
+# --- Prompts in flight ------------------------------------------------------------------
+
+
+def test_a_user_with_the_most_prompts_in_flight_is_refused_another_until_one_finishes(
+    owner_client, completed_job, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.PLAYGROUND_RUNS_IN_FLIGHT = 2
+    running = earlier_run(completed_job, 90, PlaygroundStatus.RUNNING)
+    earlier_run(completed_job, 80, PlaygroundStatus.QUEUED)
+    earlier_run(completed_job, 70, PlaygroundStatus.DONE)
+    earlier_run(completed_job, 60, PlaygroundStatus.FAILED)
+    url = f"/jobs/{completed_job.pk}/playground/"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        refused = owner_client.post(url, GOOD)
+    PlaygroundRun.objects.filter(pk=running.pk).update(status=PlaygroundStatus.DONE)
+    with django_capture_on_commit_callbacks(execute=True):
+        accepted = owner_client.post(url, GOOD)
+
+    assert refused.status_code == 429
+    assert (
+        "You have 2 prompts waiting or generating, the most at once: "
+        "send this one when one of them has finished."
+    ) in refused.content.decode()
+    assert accepted.status_code == 302
+    assert PlaygroundRun.objects.count() == 5
+    assert sent == [PlaygroundRun.objects.latest("pk").pk]
+
+
+def test_prompts_in_flight_count_across_all_of_a_users_jobs(
+    owner_client, owner, completed_job, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.PLAYGROUND_RUNS_IN_FLIGHT = 1
+    other_job = complete(make_job(owner, name="Other"))
+    earlier_run(other_job, 5, PlaygroundStatus.QUEUED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD, **HTMX)
+
+    assert response.status_code == 200  # htmx swaps only 2xx responses
+    assert "You have 1 prompt waiting or generating, the most at once" in response.content.decode()
+    assert not completed_job.playground_runs.exists()
+    assert sent == []
+
+
+def test_another_users_prompts_in_flight_do_not_hold_up_mine(
+    owner_client, completed_job, outsider, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.PLAYGROUND_RUNS_IN_FLIGHT = 1
+    for seconds_ago in (30, 20, 10):
+        earlier_run(complete(make_job(outsider)), seconds_ago, PlaygroundStatus.QUEUED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD)
+
+    assert response.status_code == 302
+    assert sent == [completed_job.playground_runs.get().pk]
+
+
+# --- Prompts a minute -------------------------------------------------------------------
+
+
+def test_a_user_over_the_prompts_a_minute_is_told_when_to_try_again(
+    owner_client, completed_job, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.PLAYGROUND_PROMPTS_PER_MINUTE = 3
+    for seconds_ago in (75, 20, 10, 5):  # the first is over a minute old: it no longer counts
+        earlier_run(completed_job, seconds_ago)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD)
+
+    assert response.status_code == 429
+    assert response["Retry-After"] == "40"
+    assert (
+        "You have sent 3 prompts in the last minute, the most allowed: try again in 40 s."
+        in response.content.decode()
+    )
+    assert PlaygroundRun.objects.count() == 4
+    assert sent == []
+
+
+def test_prompts_a_minute_are_counted_across_jobs_and_free_again_after_a_minute(
+    owner_client, owner, completed_job, settings, sent, django_capture_on_commit_callbacks
+):
+    settings.PLAYGROUND_PROMPTS_PER_MINUTE = 2
+    other_job = complete(make_job(owner, name="Other"))
+    earlier_run(other_job, 61)
+    earlier_run(other_job, 30, PlaygroundStatus.FAILED)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        first = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD)
+        second = owner_client.post(f"/jobs/{completed_job.pk}/playground/", GOOD)
+
+    assert first.status_code == 302
+    assert second.status_code == 429
+    assert "try again in 30 s" in second.content.decode()
+    assert len(sent) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_prompts_sent_at_the_same_moment_are_counted_one_after_the_other(owner, settings):
+    from django.db import connection, transaction
+
+    from jobs.playground import runs
+
+    if connection.vendor != "postgresql":
+        pytest.skip("SQLite has no row locks: the race this guards against needs PostgreSQL")
+    settings.PLAYGROUND_RUNS_IN_FLIGHT = 1
+    job = complete(make_job(owner))
+    settings_of_a_prompt = {"prompt": "Hi", "max_new_tokens": 8, "temperature": 0.0, "top_p": 1.0}
+    first_sent = threading.Event()
+    outcomes: list[str] = []
+
+    def second_prompt() -> None:
+        first_sent.wait()
+        try:
+            runs.submit_prompt(job, **settings_of_a_prompt)
+        except runs.TooManyPrompts:
+            outcomes.append("refused")
+        else:
+            outcomes.append("accepted")
+        finally:
+            connection.close()
+
+    other = threading.Thread(target=second_prompt)
+    other.start()
+    with transaction.atomic():  # the first prompt's transaction is still open when the second comes
+        runs.submit_prompt(job, **settings_of_a_prompt)
+        first_sent.set()
+        other.join(timeout=1)
+    other.join()
+
+    assert outcomes == ["refused"]
+    assert job.playground_runs.count() == 1

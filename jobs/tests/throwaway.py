@@ -132,9 +132,11 @@ class ThrowawayPostgres:
 
 
 def worker_command(concurrency: int = 1, beat_schedule: Path | None = None) -> list[str]:
+    from llmtuner.broker import QUEUES
+
     command = [
         sys.executable, "-m", "celery", "-A", "llmtuner", "worker",
-        "-Q", "default,training", "--concurrency", str(concurrency), "--pool", "prefork",
+        "-Q", ",".join(QUEUES), "--concurrency", str(concurrency), "--pool", "prefork",
         "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "INFO",
     ]  # fmt: skip
     if beat_schedule is not None:
