@@ -77,6 +77,8 @@ class Trainer:
         self.tokenizer = tokenizer
         self.checkpoint_dir = checkpoint_dir
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.grad_norm = torch.zeros(())  # the latest step's, reported with the next progress event
+        self.last_micro_batch: tuple = ()
         self.window = self._open_window(self.tracker.train_time())
 
     def train(self) -> None:
@@ -119,13 +121,13 @@ class Trainer:
     # one optimizer step -------------------------------------------------------------
     def _optimizer_step(self, group: list[Batch]) -> None:
         self._accumulate_gradients(group)
-        grad_norm, learning_rate = self._apply_gradients()
+        learning_rate = self._apply_gradients()
         self.training.step += 1
         self.run_state.step = self.training.step
         due = self.tracker.train_time() - self.window.started >= PROGRESS_MAX_INTERVAL_SECONDS
         # Also report every few seconds, so a watcher never sees a frozen bar on slow steps.
         if self.schedule.is_logging_step(self.training.step) or due or self.run_state.stop_requested():
-            self._report_progress(grad_norm, learning_rate)
+            self._report_progress(learning_rate)
 
     def _accumulate_gradients(self, group: list[Batch]) -> None:
         """Backward over the micro-batches, each weighted by its share of the step's targets."""
@@ -140,13 +142,18 @@ class Trainer:
             self.window.tokens += batch.tokens
         self.window.loss += step_loss
         self.window.targets += n_targets
+        # The last micro-batch's tensors live until the next step replaces them, as they did when
+        # the loop was one function: freeing all of a step's tensors at once lets malloc give the
+        # heap top back to the OS, and each step then page-faults its large buffers in again
+        # (measured on CPU: 4x the page faults, about 10 % fewer tokens per second).
+        self.last_micro_batch = (batch, loss_sum, loss, step_loss)
 
-    def _apply_gradients(self) -> tuple[torch.Tensor, float]:
-        """Clip, step the optimizer and the LR schedule; (gradient norm, learning rate of this step)."""
+    def _apply_gradients(self) -> float:
+        """Clip, step the optimizer and the LR schedule; returns this step's learning rate."""
         optimizer, scaler = self.training.optimizer, self.training.scaler
         if scaler:
             scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
+        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -155,13 +162,13 @@ class Trainer:
         learning_rate = optimizer.param_groups[0]["lr"]
         self.training.lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        return grad_norm, learning_rate
+        return learning_rate
 
     # events ---------------------------------------------------------------------------
     def _open_window(self, started: float) -> ProgressWindow:
         return ProgressWindow(started=started, loss=torch.zeros((), device=self.hardware.device))
 
-    def _report_progress(self, grad_norm: torch.Tensor, learning_rate: float) -> None:
+    def _report_progress(self, learning_rate: float) -> None:
         window, tracker, step = self.window, self.tracker, self.training.step
         loss_value = float(window.loss) / window.targets if window.targets else None
         if loss_value is not None and not math.isfinite(loss_value):
@@ -180,7 +187,7 @@ class Trainer:
             "epoch": self.schedule.epoch_at(step),
             "loss": loss_value,
             "learning_rate": learning_rate,
-            "grad_norm": finite(float(grad_norm)),
+            "grad_norm": finite(float(self.grad_norm)),
             "tokens_per_second": round(window.tokens / elapsed, 1),
         }
         tracker.log_history.append({"event": "progress", **record})
