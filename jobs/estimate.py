@@ -3,7 +3,7 @@
 A plain function over plain numbers, so it is quick to test and cheap enough to
 run on every keystroke of the new-job form:
 
-- steps follow finetune.py's own schedule (engine.py): packed causal-LM data is
+- steps follow finetune.py's own schedule (schedule.py): packed causal-LM data is
   cut into ``max_seq_length`` blocks (tokens ÷ length), anything else is one
   example per sample; ``ceil(examples ÷ batch_size)`` micro-batches make an
   epoch, ``gradient_accumulation_steps`` of them make a step, and a non-zero
