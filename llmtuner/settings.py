@@ -282,6 +282,12 @@ DATASET_MAX_DECOMPRESSED_MB = env_int("DATASET_MAX_DECOMPRESSED_MB", 4 * DATASET
 DATASET_TOKENIZER = env_str("DATASET_TOKENIZER") or None
 if DATASET_TOKENIZER and not Path(DATASET_TOKENIZER).is_file():
     raise ImproperlyConfigured(f"DATASET_TOKENIZER must name a tokenizer.json, not {DATASET_TOKENIZER!r}")
+# Each user's uploads and prepared samples together may take this much storage (a user's
+# profile may say otherwise); a preparation is stopped after this long, and one whose worker
+# has not written a heartbeat for DATASET_PREPARE_HEARTBEAT_TIMEOUT seconds is failed.
+DATASET_STORAGE_QUOTA_MB = env_int("DATASET_STORAGE_QUOTA_MB", 5 * 1024, 1)
+DATASET_PREPARE_TIME_LIMIT_SECONDS = env_int("DATASET_PREPARE_TIME_LIMIT_SECONDS", 3600, 10)
+DATASET_PREPARE_HEARTBEAT_TIMEOUT = env_int("DATASET_PREPARE_HEARTBEAT_TIMEOUT", 300, 30)
 
 _static_backend = (
     "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -362,6 +368,10 @@ QUEUED_JOB_RESEND_SECONDS = env_int("QUEUED_JOB_RESEND_SECONDS", 120, 10)
 CELERY_BEAT_SCHEDULE["resend-lost-jobs"] = {"task": "jobs.tasks.resend_lost_jobs", "schedule": 60.0}
 CELERY_BEAT_SCHEDULE["resend-lost-preparations"] = {
     "task": "datasets_app.tasks.resend_lost_preparations",
+    "schedule": 60.0,
+}
+CELERY_BEAT_SCHEDULE["reap-stale-preparations"] = {
+    "task": "datasets_app.tasks.reap_stale_preparations",
     "schedule": 60.0,
 }
 # Playground: each worker process keeps at most this many models loaded (least
