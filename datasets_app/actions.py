@@ -371,6 +371,11 @@ def delete_dataset(dataset: Dataset) -> None:
         transaction.on_commit(lambda: storage.delete_prefix(prefix))
 
 
+def remove_owners_files(owner_id: int) -> None:
+    """Every stored dataset file of a user who is gone (their datasets went with them)."""
+    _remove_quietly(f"users/{owner_id}/datasets/")
+
+
 def read_samples(dataset: Dataset, split: str, page: int, per_page: int = SAMPLES_PER_PAGE) -> dict[str, Any]:
     """One page of a prepared file, found through the offset index (reads at most a few hundred lines)."""
     key = dataset.train_file if split == "train" else dataset.validation_file

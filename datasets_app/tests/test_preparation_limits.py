@@ -156,3 +156,16 @@ def test_beat_reaps_silent_preparations_every_minute(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["reap-stale-preparations"]
     assert entry["task"] == "datasets_app.tasks.reap_stale_preparations"
     assert entry["schedule"] <= 60
+
+
+def test_deleting_a_user_removes_their_datasets_files(
+    owner, outsider, settings, django_capture_on_commit_callbacks
+):
+    make_dataset(owner, lines_csv(20))
+    theirs = make_dataset(outsider, lines_csv(20))
+
+    with django_capture_on_commit_callbacks(execute=True):
+        owner.delete()
+
+    assert Dataset.objects.count() == 1
+    assert stored_files(settings.MEDIA_ROOT) == sorted(theirs.stored_keys())
