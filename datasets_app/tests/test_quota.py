@@ -141,3 +141,14 @@ def test_an_operator_sets_a_users_quota_in_the_admin(client, staff, owner):
     profile.refresh_from_db()
     assert profile.dataset_storage_quota_mb == 20000
     assert actions.quota.storage_usage(owner.pk).quota == 20000 * MB
+
+
+def test_operators_see_what_a_dataset_takes_and_cannot_edit_it(client, staff, owner):
+    dataset = make_dataset(owner, csv_of(50_000))
+    client.force_login(staff)
+
+    page = client.get(f"/admin/datasets_app/dataset/{dataset.pk}/change/").content.decode()
+
+    assert "Stored bytes" in page
+    assert 'name="stored_bytes"' not in page
+    assert 'name="heartbeat_at' not in page
