@@ -52,10 +52,16 @@ def storage_usage(owner_id: int, excluding: Dataset | None = None) -> StorageUsa
 def check_upload(owner_id: int, size: int) -> None:
     usage = storage_usage(owner_id)
     if size > usage.left:
-        raise QuotaExceeded(
-            f"This file ({filesizeformat(size)}) does not fit: {usage.describe()}, "
-            f"{filesizeformat(usage.left)} left. Nothing was kept. {ASK_FOR_MORE}"
-        )
+        raise QuotaExceeded(upload_refusal(usage, size))
+
+
+def upload_refusal(usage: StorageUsage, size: int | None = None) -> str:
+    """Why an upload is refused; without `size` when it was stopped while streaming in."""
+    this_file = "This file" if size is None else f"This file ({filesizeformat(size)})"
+    return (
+        f"{this_file} does not fit: {usage.describe()}, {filesizeformat(usage.left)} left. "
+        f"Nothing was kept. {ASK_FOR_MORE}"
+    )
 
 
 def samples_allowance(dataset: Dataset) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.template.defaultfilters import filesizeformat
 
@@ -40,24 +41,34 @@ def size(number: int) -> str:
     return filesizeformat(number)
 
 
-def test_an_upload_that_does_not_fit_in_the_quota_is_refused_with_the_figures(owner, owner_client, settings):
+def test_an_upload_that_does_not_fit_in_the_quota_is_refused_while_streaming_with_the_figures(
+    owner, owner_client, settings
+):
     profile = get_profile(owner)
     profile.dataset_storage_quota_mb = 1
     profile.save()
     first = make_dataset(owner, csv_of(300_000))
     used = first.stored_bytes
-    data = csv_of(MB - used + 10_000)
 
-    response = post_upload(owner_client, data)
+    response = post_upload(owner_client, csv_of(MB - used + 100_000))
 
     assert response.status_code == 400
     page = response.content.decode()
-    assert f"This file ({size(len(data))}) does not fit" in page
-    assert f"{size(used)} of your {size(MB)} dataset storage is in use" in page
+    assert f"This file does not fit: {size(used)} of your {size(MB)} dataset storage is in use" in page
     assert f"{size(MB - used)} left. Nothing was kept." in page
     assert "ask an operator for a larger quota" in page
     assert list(Dataset.objects.all()) == [first]
     assert stored_files(settings.MEDIA_ROOT) == sorted(first.stored_keys())
+
+
+def test_an_import_past_the_quota_is_refused_too(owner, settings):
+    settings.DATASET_STORAGE_QUOTA_MB = 1
+    data = csv_of(MB + 1)
+
+    with pytest.raises(actions.quota.QuotaExceeded, match=rf"This file \({size(len(data))}\) does not fit"):
+        actions.create_dataset(owner, ContentFile(data, name="big.csv"), "big.csv", actions.ReadOptions())
+
+    assert stored_files(settings.MEDIA_ROOT) == []
 
 
 def test_users_without_their_own_quota_have_the_sites(owner_client, settings):
