@@ -86,3 +86,16 @@ def test_uploads_and_task_files_stay_in_our_own_folders_by_default():
     assert django_settings.FILE_UPLOAD_TEMP_DIR.startswith(var)
     assert str(django_settings.TASK_TEMP_DIR).startswith(var)
     assert Path(django_settings.FILE_UPLOAD_TEMP_DIR).is_dir()
+
+
+def test_the_web_process_removes_stale_partial_uploads_when_it_starts(tmp_path):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    (uploads / "tmpkilled.upload.csv").write_bytes(b"what a killed web process was receiving")
+    two_hours_ago = time.time() - 7200
+    os.utime(uploads / "tmpkilled.upload.csv", (two_hours_ago, two_hours_ago))
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "llmtuner.settings", "FILE_UPLOAD_TEMP_DIR": str(uploads)}
+
+    subprocess.run([sys.executable, "-c", "import llmtuner.wsgi"], env=env, check=True)
+
+    assert contents(uploads) == []
