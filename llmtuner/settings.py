@@ -284,7 +284,8 @@ if DATASET_TOKENIZER and not Path(DATASET_TOKENIZER).is_file():
     raise ImproperlyConfigured(f"DATASET_TOKENIZER must name a tokenizer.json, not {DATASET_TOKENIZER!r}")
 # Each user's uploads and prepared samples together may take this much storage (a user's
 # profile may say otherwise); a preparation is stopped after this long, and one whose worker
-# has not written a heartbeat for DATASET_PREPARE_HEARTBEAT_TIMEOUT seconds is failed.
+# has not written a heartbeat for DATASET_PREPARE_HEARTBEAT_TIMEOUT seconds is failed. (The time
+# limit travels in each task message: the web processes that send it read it too.)
 DATASET_STORAGE_QUOTA_MB = env_int("DATASET_STORAGE_QUOTA_MB", 5 * 1024, 1)
 DATASET_PREPARE_TIME_LIMIT_SECONDS = env_int("DATASET_PREPARE_TIME_LIMIT_SECONDS", 3600, 10)
 DATASET_PREPARE_HEARTBEAT_TIMEOUT = env_int("DATASET_PREPARE_HEARTBEAT_TIMEOUT", 300, 10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import signal
 from datetime import timedelta
@@ -14,6 +15,7 @@ from django.utils import timezone
 from conftest import redis_broker_url
 from datasets_app import actions
 from datasets_app.models import Dataset
+from datasets_app.tasks import prepare_dataset
 from datasets_app.tests.conftest import task_folders
 from jobs.tests.throwaway import celery_app_on, start_worker, stop_process_group, wait_for
 from llmtuner import storage
@@ -65,3 +67,33 @@ def test_a_killed_worker_leaves_no_temp_files_and_its_preparation_is_reaped(
 
 def _writing_samples(root: Path) -> bool:
     return any(path.stat().st_size > 0 for path in Path(root).glob("*/train.jsonl"))
+
+
+def test_a_preparation_past_its_time_limit_on_a_real_worker_fails_saying_so(
+    transactional_db, owner, settings, tmp_path, monkeypatch
+):
+    broker = redis_broker_url()
+    if broker is None:
+        pytest.skip("needs CELERY_BROKER_URL on Redis")
+    # The sender writes the task's time limits into the message, and the worker obeys those.
+    monkeypatch.setattr(prepare_dataset, "soft_time_limit", 10)
+    monkeypatch.setattr(prepare_dataset, "time_limit", 70)
+    # The reviewer's case: a small .gz that expands to far more than it looks (here ~250 MB).
+    bomb = gzip.compress(big_csv(rows=5_000_000), compresslevel=9)
+    env = {"TASK_TEMP_DIR": str(settings.TASK_TEMP_DIR), "DATASET_PREPARE_TIME_LIMIT_SECONDS": "10"}
+    worker = start_worker(broker, tmp_path / "worker.log", settings.MEDIA_ROOT, env=env)
+    try:
+        with celery_app_on(broker):
+            dataset = actions.create_dataset(
+                owner, ContentFile(bomb, name="small.csv.gz"), "small.csv.gz", actions.ReadOptions()
+            )
+        log = tmp_path / "worker.log"
+        wait_for(lambda: Dataset.objects.get(pk=dataset.pk).is_final, 60, "the time limit", log)
+    finally:
+        stop_process_group(worker)
+
+    dataset.refresh_from_db()
+    assert dataset.status == Dataset.Status.FAILED
+    assert dataset.error.startswith("Preparing took longer than 10 s, the limit, and was stopped")
+    assert storage.list_keys(dataset.storage_prefix) == []
+    assert task_folders(settings) == []
