@@ -1,4 +1,4 @@
-"""Users with their monthly budget and profile.
+"""Users with their monthly budget, dataset storage quota and profile.
 
 The jobs app extends this user admin with each user's spend and job count (jobs/admin.py).
 """
@@ -22,7 +22,7 @@ User = get_user_model()
 class ProfileInline(admin.StackedInline):
     model = Profile
     can_delete = False
-    fields = ["monthly_budget_usd", "email_notifications"]
+    fields = ["monthly_budget_usd", "dataset_storage_quota_mb", "email_notifications"]
 
 
 admin.site.unregister(User)
@@ -57,7 +57,7 @@ class UserAdmin(auth_admin.UserAdmin):
 
 @admin.register(Profile)
 class ProfileAdmin(admin.ModelAdmin):
-    list_display = ["user", "monthly_budget_usd", "email_notifications"]
+    list_display = ["user", "monthly_budget_usd", "dataset_storage_quota_mb", "email_notifications"]
     list_select_related = ["user"]
-    list_editable = ["monthly_budget_usd"]
+    list_editable = ["monthly_budget_usd", "dataset_storage_quota_mb"]
     search_fields = ["user__email"]

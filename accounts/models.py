@@ -18,6 +18,12 @@ class Profile(models.Model):
         default=default_monthly_budget,
         help_text="Cloud spend allowed per calendar month (US dollars). Set by an operator.",
     )
+    dataset_storage_quota_mb = models.PositiveIntegerField(
+        "dataset storage quota (MB)",
+        null=True,
+        blank=True,
+        help_text="Uploads and prepared samples together. Empty: the default (DATASET_STORAGE_QUOTA_MB).",
+    )
     email_notifications = models.BooleanField(
         default=True, help_text="Email me when a job completes, fails or is stopped."
     )
@@ -25,8 +31,19 @@ class Profile(models.Model):
     def __str__(self) -> str:
         return f"Profile of {self.user}"
 
+    @property
+    def dataset_storage_quota_bytes(self) -> int:
+        megabytes = self.dataset_storage_quota_mb
+        return (settings.DATASET_STORAGE_QUOTA_MB if megabytes is None else megabytes) * 1024 * 1024
+
 
 def get_profile(user) -> Profile:
     """The user's profile, made on first use (users from any sign-up path get one)."""
     profile, _ = Profile.objects.get_or_create(user=user)
     return profile
+
+
+def dataset_storage_quota_bytes(user_id: int) -> int:
+    """The user's dataset storage quota, read without making a profile (workers call it too)."""
+    profile = Profile.objects.filter(user_id=user_id).only("dataset_storage_quota_mb").first()
+    return (profile or Profile()).dataset_storage_quota_bytes

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,17 +16,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.core.files import File
 from django.db import transaction
 from django.utils import timezone
 
-from llmtuner import broker, storage
+from llmtuner import broker, scratch, storage
 from llmtuner.text import storable
 
+from . import quota
 from .mapping import MappingError
 from .models import Dataset
-from .preparation import PreparationError, PrepareOptions, inspect_file, prepare
+from .preparation import OutputTooLarge, PreparationError, PrepareOptions, inspect_file, prepare
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,10 @@ UNEXPECTED_FAILURE = (
     "Please upload it again; if it keeps failing, tell us."
 )
 SAMPLES_PER_PAGE = 25
+
+
+class PreparationCancelled(Exception):
+    """The dataset was deleted (or prepared again) while this preparation ran: stop, keep nothing."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ def max_upload_bytes() -> int:
     return settings.DATASET_MAX_UPLOAD_MB * 1024 * 1024
 
 
-def prepare_options(dataset: Dataset) -> PrepareOptions:
+def prepare_options(dataset: Dataset, max_output_bytes: int | None = None) -> PrepareOptions:
     return PrepareOptions(
         format=dataset.format,
         txt_mode=dataset.txt_mode,
@@ -60,6 +65,7 @@ def prepare_options(dataset: Dataset) -> PrepareOptions:
         validation_fraction=dataset.validation_fraction,
         max_decompressed_bytes=settings.DATASET_MAX_DECOMPRESSED_MB * 1024 * 1024,
         tokenizer_path=settings.DATASET_TOKENIZER,
+        max_output_bytes=max_output_bytes,
     )
 
 
@@ -88,13 +94,15 @@ def create_dataset(
     """Check the upload's first rows, store it under the owner's prefix and save the row (queued).
 
     Raises PreparationError before anything is stored when the file is plainly
-    unusable (empty, binary, unsupported, a mapping naming a missing column).
+    unusable (empty, binary, unsupported, a mapping naming a missing column),
+    and its QuotaExceeded when it does not fit in the owner's storage quota.
     With `queue`, `prepare_dataset` is sent after the commit; without, the
     caller runs `run_preparation` itself.
     """
     original_filename = Path(original_filename or "upload").name[:255]
     if not upload.size:
         raise PreparationError("The file is empty.")
+    quota.check_upload(owner.pk, upload.size)
     upload.seek(0)
     seen = check_file(upload, original_filename, options)
     upload.seek(0)
@@ -107,6 +115,7 @@ def create_dataset(
         mapping=options.mapping.strip(),
         validation_fraction=options.validation_fraction,
         size_bytes=upload.size,
+        stored_bytes=upload.size,
     )
     _show_first_look(dataset, seen)
     try:
@@ -205,43 +214,39 @@ def prepare_again(dataset: Dataset, options: ReadOptions, queue: bool = True) ->
 
 
 def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None = None) -> Dataset | None:
-    """Claim a queued dataset and prepare it; None when there was nothing to claim.
+    """Claim a queued dataset and prepare it; None when there was nothing to claim, or it went meanwhile.
 
-    A PreparationError (the file's fault) fails the dataset with its message
-    and removes its stored files. Anything else fails it with a generic
-    message, removes the files too, and is raised again for the logs.
+    A PreparationError (the file's fault, or samples past the owner's quota)
+    fails the dataset with its message and removes its stored files, and so
+    does the task's time limit. Anything else fails it with a generic message,
+    removes the files too, and is raised again for the logs. A dataset deleted
+    (or prepared again) meanwhile is noticed at the next progress checkpoint:
+    the work stops and leaves nothing behind.
     """
     dataset = Dataset.claim_for_preparation(dataset_id)
     if dataset is None:
         return None
-    old_outputs = [dataset.train_file, dataset.validation_file]
 
     def progress(rows: int) -> None:
-        dataset.record_progress(rows)
+        if not dataset.record_progress(rows):
+            raise PreparationCancelled
         if on_progress is not None:
             on_progress(rows)
 
-    prefix = dataset.storage_prefix
-    with tempfile.TemporaryDirectory(prefix="dataset-", dir=settings.FILE_UPLOAD_TEMP_DIR) as tmp:
-        train_path, validation_path = Path(tmp) / "train.jsonl", Path(tmp) / "validation.jsonl"
+    with scratch.task_folder(f"dataset-{dataset.pk}-") as folder:
         try:
-            with (
-                storage.open_stream(dataset.raw_file) as source,
-                open(train_path, "wb") as train,
-                open(validation_path, "wb") as validation,
-            ):
-                result = prepare(
-                    source,
-                    dataset.original_filename,
-                    train,
-                    validation,
-                    prepare_options(dataset),
-                    progress=progress,
-                )
-            train_key = storage.save_path(prefix + "train.jsonl", train_path)
-            validation_key = storage.save_path(prefix + "validation.jsonl", validation_path)
+            outputs = _prepare_into(dataset, folder, progress)
+        except PreparationCancelled:
+            _forget_if_gone(dataset)
+            return None
+        except OutputTooLarge as exc:
+            _fail(dataset, str(quota.samples_too_large(dataset, exc.limit)))
+            return dataset
         except PreparationError as exc:
             _fail(dataset, str(exc))
+            return dataset
+        except SoftTimeLimitExceeded:
+            _fail(dataset, time_limit_message())
             return dataset
         except storage.STORAGE_ERRORS as exc:
             logger.warning("preparing dataset %s: the storage failed: %r", dataset.pk, exc)
@@ -255,16 +260,89 @@ def run_preparation(dataset_id: int, on_progress: Callable[[int], None] | None =
             logger.exception("preparing dataset %s failed", dataset.pk)
             _fail(dataset, UNEXPECTED_FAILURE)
             raise
+    return _finish_preparation(dataset, *outputs)
+
+
+def time_limit_message() -> str:
+    return (
+        f"Preparing took longer than {settings.DATASET_PREPARE_TIME_LIMIT_SECONDS:,} s, the limit, and was "
+        "stopped; nothing was kept. Upload a smaller file, or split it into parts."
+    )
+
+
+def _prepare_into(dataset: Dataset, folder: Path, progress: Callable[[int], None]):
+    """Prepare into `folder`, then store the two files: (train key, validation key, result)."""
+    allowance = quota.samples_allowance(dataset)
+    train_path, validation_path = folder / "train.jsonl", folder / "validation.jsonl"
+    with (
+        storage.open_stream(dataset.raw_file) as source,
+        open(train_path, "wb") as train,
+        open(validation_path, "wb") as validation,
+    ):
+        result = prepare(
+            source,
+            dataset.original_filename,
+            train,
+            validation,
+            prepare_options(dataset, max_output_bytes=allowance),
+            progress=progress,
+        )
+    # Datasets stored by other uploads meanwhile count too.
+    allowance = quota.samples_allowance(dataset)
+    if result.stats["train_bytes"] + result.stats["validation_bytes"] > allowance:
+        raise OutputTooLarge(allowance)
+    if not dataset.record_progress(result.stats["rows"]):
+        raise PreparationCancelled
+    prefix = dataset.storage_prefix
+    train_key = storage.save_path(prefix + "train.jsonl", train_path)
+    validation_key = storage.save_path(prefix + "validation.jsonl", validation_path)
+    return train_key, validation_key, result
+
+
+def _finish_preparation(dataset: Dataset, train_key: str, validation_key: str, result) -> Dataset | None:
+    old_outputs = [dataset.train_file, dataset.validation_file]
     stats, preview = storable(result.stats), storable(result.preview)
     if not dataset.mark_ready(train_key, validation_key, stats, preview, result.index):
         # Deleted (or taken over) while we worked: leave nothing behind for a row that is gone.
-        if not Dataset.objects.filter(pk=dataset.pk).exists():
-            storage.delete_prefix(prefix)
-        else:
+        if not _forget_if_gone(dataset):
             storage.delete([k for k in (train_key, validation_key) if k not in old_outputs])
         return None
     storage.delete([key for key in old_outputs if key and key not in (train_key, validation_key)])
     return dataset
+
+
+def _forget_if_gone(dataset: Dataset) -> bool:
+    """Remove every stored file of a dataset whose row was deleted; False when the row is still there."""
+    if Dataset.objects.filter(pk=dataset.pk).exists():
+        return False
+    _remove_quietly(dataset.storage_prefix)
+    return True
+
+
+def reap_stale_preparations(now: datetime | None = None) -> list[int]:
+    """Fail preparations whose worker stopped writing heartbeats (killed, or out of memory)."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=settings.DATASET_PREPARE_HEARTBEAT_TIMEOUT)
+    stale = Dataset.objects.filter(status=Dataset.Status.PREPARING, heartbeat_at__lt=cutoff)
+    reaped = []
+    for dataset in stale.only("pk", "owner_id", "uuid", "raw_file", "heartbeat_at"):
+        when = timezone.localtime(dataset.heartbeat_at).strftime("%Y-%m-%d %H:%M:%S %Z")
+        message = (
+            f"The worker preparing this dataset stopped responding at {when}, so the preparation "
+            "was stopped and nothing it wrote was kept. Your upload is kept: choose “Prepare again” to retry."
+        )
+        if Dataset.reap_stale(dataset.pk, cutoff, message):
+            _remove_all_but(dataset.storage_prefix, keep=dataset.raw_file)
+            logger.warning("dataset %s: its preparation went silent at %s; failed it", dataset.pk, when)
+            reaped.append(dataset.pk)
+    return reaped
+
+
+def _remove_all_but(prefix: str, keep: str) -> None:
+    try:
+        storage.delete([key for key in storage.list_keys(prefix) if key != keep])
+    except storage.STORAGE_ERRORS as error:
+        logger.error("could not remove the stored files under %s (remove them by hand): %r", prefix, error)
 
 
 def _fail(dataset: Dataset, reason: str) -> None:
@@ -291,6 +369,11 @@ def delete_dataset(dataset: Dataset) -> None:
     with transaction.atomic():
         dataset.delete()
         transaction.on_commit(lambda: storage.delete_prefix(prefix))
+
+
+def remove_owners_files(owner_id: int) -> None:
+    """Every stored dataset file of a user who is gone (their datasets went with them)."""
+    _remove_quietly(f"users/{owner_id}/datasets/")
 
 
 def read_samples(dataset: Dataset, split: str, page: int, per_page: int = SAMPLES_PER_PAGE) -> dict[str, Any]:
@@ -326,6 +409,7 @@ def _load(line: bytes) -> dict[str, Any]:
 
 __all__ = [
     "MappingError",
+    "PreparationCancelled",
     "PreparationError",
     "ReadOptions",
     "check_file",
@@ -333,6 +417,7 @@ __all__ = [
     "delete_dataset",
     "prepare_again",
     "read_samples",
+    "reap_stale_preparations",
     "rename_dataset",
     "run_preparation",
 ]

@@ -10,7 +10,17 @@ from datasets_app.models import Dataset
 
 @admin.register(Dataset)
 class DatasetAdmin(admin.ModelAdmin):
-    list_display = ["name", "owner", "status", "shown_format", "samples", "tokens", "size_bytes", "created"]
+    list_display = [
+        "name",
+        "owner",
+        "status",
+        "shown_format",
+        "samples",
+        "tokens",
+        "size_bytes",
+        "stored_bytes",
+        "created",
+    ]
     list_filter = ["status", "format", "created", ("owner", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["owner"]
     search_fields = ["name", "original_filename", "owner__email", "uuid"]
@@ -26,11 +36,13 @@ class DatasetAdmin(admin.ModelAdmin):
         "train_file",
         "validation_file",
         "size_bytes",
+        "stored_bytes",
         "stats",
         "preview",
         "created",
         "updated",
         "preparation_started_at",
+        "heartbeat_at",
         "prepared_at",
     ]
     exclude = ["sample_index"]

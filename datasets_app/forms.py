@@ -3,6 +3,7 @@ from __future__ import annotations
 from django import forms
 from django.template.defaultfilters import filesizeformat
 
+from datasets_app import quota
 from datasets_app.actions import ReadOptions
 from datasets_app.mapping import MappingError, parse_mapping
 from datasets_app.models import Dataset
@@ -77,13 +78,24 @@ class UploadForm(ReadOptionsForm):
 
     field_order = ["file", "name", "format", "txt_mode", "mapping", "validation_percent"]
 
-    def __init__(self, *args, max_bytes: int, too_large: bool = False, **kwargs):
+    def __init__(
+        self,
+        *args,
+        max_bytes: int,
+        usage: quota.StorageUsage | None = None,
+        too_large: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.max_bytes = max_bytes
+        self.usage = usage
         self.too_large = too_large
         self.fields["file"].widget.attrs.update({"data-max-bytes": str(max_bytes)})
 
     def limit_message(self) -> str:
+        if self.usage is not None and self.usage.left < self.max_bytes:
+            # The upload was stopped at what is left of the quota, before the upload limit.
+            return quota.upload_refusal(self.usage)
         return f"The file is larger than {filesizeformat(self.max_bytes)}, the limit for one upload."
 
     def clean_file(self):

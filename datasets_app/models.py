@@ -22,7 +22,7 @@ the owner's id and a random UUID, never of the client's file name.
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -76,6 +76,9 @@ class Dataset(models.Model):
     train_file = models.CharField(max_length=500, blank=True)
     validation_file = models.CharField(max_length=500, blank=True)
     size_bytes = models.BigIntegerField(default=0, help_text="Size of the uploaded file.")
+    stored_bytes = models.BigIntegerField(
+        default=0, help_text="What its stored files take (the upload and its samples): counts to the quota."
+    )
 
     stats = models.JSONField(default=dict, blank=True)
     preview = models.JSONField(default=list, blank=True)
@@ -86,6 +89,9 @@ class Dataset(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
     preparation_started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Written while preparing; a preparation gone silent is reaped."
+    )
     prepared_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -163,14 +169,23 @@ class Dataset(models.Model):
         """Move a queued dataset to PREPARING; None when it is gone or someone else has it."""
         now = timezone.now()
         claimed = cls.objects.filter(pk=pk, status=cls.Status.UPLOADED).update(
-            status=cls.Status.PREPARING, preparation_started_at=now, rows_read=0, updated=now
+            status=cls.Status.PREPARING,
+            preparation_started_at=now,
+            heartbeat_at=now,
+            rows_read=0,
+            updated=now,
         )
         if not claimed:
             return None
         return cls.objects.filter(pk=pk).first()
 
-    def record_progress(self, rows: int) -> None:
-        type(self).objects.filter(pk=self.pk, status=self.Status.PREPARING).update(rows_read=rows)
+    def record_progress(self, rows: int) -> bool:
+        """Rows read so far, and a heartbeat; False when the row is gone or no longer this preparation's."""
+        return bool(self._this_preparation().update(rows_read=rows, heartbeat_at=timezone.now()))
+
+    def _this_preparation(self) -> models.QuerySet[Dataset]:
+        # A dataset prepared again meanwhile has a new task id: the old task's work is not its own.
+        return type(self).objects.filter(pk=self.pk, status=self.Status.PREPARING, task_id=self.task_id)
 
     def mark_ready(
         self,
@@ -190,6 +205,7 @@ class Dataset(models.Model):
             "preview": preview,
             "sample_index": sample_index,
             "rows_read": stats.get("rows", 0),
+            "stored_bytes": self.size_bytes + stats.get("train_bytes", 0) + stats.get("validation_bytes", 0),
             "prepared_at": timezone.now(),
         }
         return self._finish(changes)
@@ -202,6 +218,7 @@ class Dataset(models.Model):
             "raw_file": "",
             "train_file": "",
             "validation_file": "",
+            "stored_bytes": 0,
             "stats": {},
             "preview": [],
             "sample_index": {},
@@ -209,9 +226,31 @@ class Dataset(models.Model):
         }
         return self._finish(changes)
 
+    @classmethod
+    def reap_stale(cls, pk: int, heartbeat_before: datetime, reason: str) -> bool:
+        """PREPARING with no heartbeat since `heartbeat_before` → FAILED, its upload kept to prepare again.
+
+        The caller removes the other stored files (samples of an earlier preparation).
+        """
+        now = timezone.now()
+        return bool(
+            cls.objects.filter(pk=pk, status=cls.Status.PREPARING, heartbeat_at__lt=heartbeat_before).update(
+                status=cls.Status.FAILED,
+                error=reason,
+                train_file="",
+                validation_file="",
+                stored_bytes=models.F("size_bytes"),
+                stats={},
+                preview=[],
+                sample_index={},
+                prepared_at=now,
+                updated=now,
+            )
+        )
+
     def _finish(self, changes: dict[str, Any]) -> bool:
         changes["updated"] = timezone.now()
-        done = type(self).objects.filter(pk=self.pk, status=self.Status.PREPARING).update(**changes)
+        done = self._this_preparation().update(**changes)
         if done:
             for field, value in changes.items():
                 setattr(self, field, value)

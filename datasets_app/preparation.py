@@ -60,6 +60,7 @@ from .readers import (
 
 __all__ = [
     "MappingError",
+    "OutputTooLarge",
     "PreparationError",
     "PrepareOptions",
     "PreparationResult",
@@ -73,6 +74,11 @@ DEFAULT_SEED = 20_240_601
 TOKEN_BATCH = 2048
 HISTOGRAM_BUCKETS = 10
 MAX_INDEX_ENTRIES = 10_000
+# `progress` is called every PROGRESS_EVERY_ROWS rows, and also once PROGRESS_SECONDS have passed
+# (the clock is read every PROGRESS_CHECK_ROWS rows): the caller's heartbeat and cancel check.
+PROGRESS_EVERY_ROWS = 100_000
+PROGRESS_CHECK_ROWS = 1000
+PROGRESS_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,10 +96,19 @@ class PrepareOptions:
     preview_samples: int = 5
     preview_chars: int = 150
     index_every: int = 50  # keep the byte offset of every Nth sample, for paging through the files
+    max_output_bytes: int | None = None  # the two outputs together; past it, OutputTooLarge
 
     def __post_init__(self) -> None:
         if not 0 <= self.validation_fraction < 1:
             raise PreparationError("The validation fraction must be at least 0 and below 1.")
+
+
+class OutputTooLarge(PreparationError):
+    """The samples would take more than `PrepareOptions.max_output_bytes` (the caller says why)."""
+
+    def __init__(self, limit: int):
+        super().__init__(f"The samples would take more than {limit:,} bytes.")
+        self.limit = limit
 
 
 @dataclass
@@ -287,16 +302,17 @@ def prepare(
     validation_out: BinaryIO,
     options: PrepareOptions | None = None,
     progress: Callable[[int], None] | None = None,
-    progress_every: int = 100_000,
 ) -> PreparationResult:
     """Read `source`, write samples to the two outputs, and return the stats, preview and index.
 
     Raises `PreparationError` (or its subclass `MappingError`) when nothing
-    usable comes out, with the reason for the user. `progress(rows)` is
-    called every `progress_every` rows.
+    usable comes out, with the reason for the user, and `OutputTooLarge` past
+    `max_output_bytes`. `progress(rows)` is called every PROGRESS_EVERY_ROWS
+    rows or PROGRESS_SECONDS, whichever comes first; what it raises stops the pass.
     """
     options = options or PrepareOptions()
     started = time.monotonic()
+    next_progress = started + PROGRESS_SECONDS
     mapping = parse_mapping(options.mapping)
     tokenizer = load_tokenizer(options.tokenizer_path)
     records = open_records(
@@ -319,6 +335,7 @@ def prepare(
     max_chars = options.max_sample_chars
     keep_examples = options.max_rejected_examples
     keep_preview = options.preview_samples
+    max_output = options.max_output_bytes
 
     rows = rejected = characters = 0
     examples: list[dict[str, Any]] = []
@@ -334,8 +351,12 @@ def prepare(
     try:
         for line, record in records.rows:
             rows += 1
-            if progress is not None and rows % progress_every == 0:
+            if progress is not None and (
+                rows % PROGRESS_EVERY_ROWS == 0
+                or (rows % PROGRESS_CHECK_ROWS == 0 and time.monotonic() >= next_progress)
+            ):
                 progress(rows)
+                next_progress = time.monotonic() + PROGRESS_SECONDS
             if record.__class__ is RowError:
                 reject(line, record.reason)
                 continue
@@ -369,6 +390,8 @@ def prepare(
                 else:
                     train.write(held[0])
                     counter.add(held[1], False)
+                if max_output is not None and train.bytes + validation.bytes > max_output:
+                    raise OutputTooLarge(max_output)
             held = (encoded_line, text)
         if held is not None:
             to_validation = draw() < fraction or (
@@ -376,6 +399,8 @@ def prepare(
             )
             (validation if to_validation else train).write(held[0])
             counter.add(held[1], to_validation)
+            if max_output is not None and train.bytes + validation.bytes > max_output:
+                raise OutputTooLarge(max_output)
         counter.finish()
     except BaseException:
         counter.close()

@@ -15,6 +15,7 @@ from datasets_app.forms import ReadOptionsForm, RenameForm, SamplesQueryForm, Up
 from datasets_app.mapping import MappingError
 from datasets_app.models import Dataset
 from datasets_app.preparation import PreparationError
+from datasets_app.quota import StorageUsage, storage_usage
 from datasets_app.uploads import SizeLimitUploadHandler
 from llmtuner import storage
 
@@ -26,11 +27,14 @@ def _get_dataset_for_user(request: HttpRequest, pk: int) -> Dataset:
     return get_object_or_404(Dataset.objects.select_related("owner"), pk=pk, owner=request.user)
 
 
-def _upload_form(request: HttpRequest, data=None, files=None) -> UploadForm:
+def _upload_form(
+    request: HttpRequest, data=None, files=None, usage: StorageUsage | None = None
+) -> UploadForm:
     return UploadForm(
         data,
         files,
         max_bytes=actions.max_upload_bytes(),
+        usage=usage,
         too_large=getattr(request, "upload_too_large", False),
     )
 
@@ -50,13 +54,16 @@ def dataset_list(request: HttpRequest) -> HttpResponse:
 @csrf_exempt  # the size limit must be in place before the body is read; CSRF is checked below
 @require_POST
 def upload(request: HttpRequest) -> HttpResponse:
-    request.upload_handlers.insert(0, SizeLimitUploadHandler(request, actions.max_upload_bytes()))
+    # Stopped at the upload limit, or at what is left of the user's storage quota if less.
+    left = storage_usage(request.user.pk).left
+    limit = min(actions.max_upload_bytes(), left)
+    request.upload_handlers.insert(0, SizeLimitUploadHandler(request, limit))
     return _upload(request)
 
 
 @csrf_protect
 def _upload(request: HttpRequest) -> HttpResponse:
-    form = _upload_form(request, request.POST, request.FILES)
+    form = _upload_form(request, request.POST, request.FILES, usage=storage_usage(request.user.pk))
     if form.is_valid():
         upload = form.cleaned_data["file"]
         try:

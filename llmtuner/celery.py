@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import os
 
-from celery import Celery
+from celery import Celery, signals
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmtuner.settings")
 
@@ -19,3 +19,13 @@ def _make_broker_folders(sender, **kwargs) -> None:
         folder = sender.conf.broker_transport_options.get(key)
         if folder:
             os.makedirs(folder, exist_ok=True)
+
+
+@signals.worker_ready.connect
+@signals.worker_process_init.connect
+def _remove_leftover_temporary_files(**kwargs) -> None:
+    # What tasks killed outright left on disk (llmtuner/scratch.py): at worker start, and in each
+    # new pool process, which replaces one that may have been killed mid-task.
+    from llmtuner import scratch
+
+    scratch.remove_leftovers()

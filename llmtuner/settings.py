@@ -265,7 +265,12 @@ STATIC_ROOT = VAR_DIR / "static"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media")))
 MEDIA_URL = "media/"
-FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or None
+# Partial uploads stream to files here (removed when their request ends; those a killed web
+# process left are removed at the next start), and each task's scratch folder lives in
+# TASK_TEMP_DIR (removed when the task ends, and at worker start: llmtuner/scratch.py).
+FILE_UPLOAD_TEMP_DIR = env_str("FILE_UPLOAD_TEMP_DIR") or str(VAR_DIR / "tmp" / "uploads")
+TASK_TEMP_DIR = Path(env_str("TASK_TEMP_DIR", str(VAR_DIR / "tmp" / "tasks")))
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
 AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", "", ("http", "https")) or None
 AWS_REGION = env_str("AWS_REGION", env_str("AWS_DEFAULT_REGION", "us-east-1"))
@@ -277,6 +282,13 @@ DATASET_MAX_DECOMPRESSED_MB = env_int("DATASET_MAX_DECOMPRESSED_MB", 4 * DATASET
 DATASET_TOKENIZER = env_str("DATASET_TOKENIZER") or None
 if DATASET_TOKENIZER and not Path(DATASET_TOKENIZER).is_file():
     raise ImproperlyConfigured(f"DATASET_TOKENIZER must name a tokenizer.json, not {DATASET_TOKENIZER!r}")
+# Each user's uploads and prepared samples together may take this much storage (a user's
+# profile may say otherwise); a preparation is stopped after this long, and one whose worker
+# has not written a heartbeat for DATASET_PREPARE_HEARTBEAT_TIMEOUT seconds is failed. (The time
+# limit travels in each task message: the web processes that send it read it too.)
+DATASET_STORAGE_QUOTA_MB = env_int("DATASET_STORAGE_QUOTA_MB", 5 * 1024, 1)
+DATASET_PREPARE_TIME_LIMIT_SECONDS = env_int("DATASET_PREPARE_TIME_LIMIT_SECONDS", 3600, 10)
+DATASET_PREPARE_HEARTBEAT_TIMEOUT = env_int("DATASET_PREPARE_HEARTBEAT_TIMEOUT", 300, 10)
 
 _static_backend = (
     "django.contrib.staticfiles.storage.StaticFilesStorage"
@@ -362,6 +374,10 @@ QUEUED_JOB_RESEND_SECONDS = env_int("QUEUED_JOB_RESEND_SECONDS", 120, 10)
 CELERY_BEAT_SCHEDULE["resend-lost-jobs"] = {"task": "jobs.tasks.resend_lost_jobs", "schedule": 60.0}
 CELERY_BEAT_SCHEDULE["resend-lost-preparations"] = {
     "task": "datasets_app.tasks.resend_lost_preparations",
+    "schedule": 60.0,
+}
+CELERY_BEAT_SCHEDULE["reap-stale-preparations"] = {
+    "task": "datasets_app.tasks.reap_stale_preparations",
     "schedule": 60.0,
 }
 # Playground: each worker process keeps at most this many models loaded (least

@@ -4,8 +4,13 @@ import os
 from django.core.wsgi import get_wsgi_application
 from django.urls import get_resolver
 
+from llmtuner import scratch
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "llmtuner.settings")
 application = get_wsgi_application()
+
+# Partial uploads a killed web process left behind (llmtuner/scratch.py).
+scratch.remove_stale_uploads()
 
 # Load what the first request would (the URLconf and every view), then keep the ~100,000 objects
 # of the loaded code out of the garbage collector's passes: they live as long as the process, and

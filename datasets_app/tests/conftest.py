@@ -30,6 +30,17 @@ def survey_csv(rows: list[str] | None = None) -> bytes:
     return codecs.BOM_UTF8 + "\r\n".join([SURVEY_HEADER, *(rows or SURVEY_ROWS), ""]).encode("utf-8")
 
 
+@pytest.fixture(autouse=True)
+def _own_task_folders(settings, tmp_path):
+    # Each test's preparations make their scratch folders here, so a test can see none is left.
+    settings.TASK_TEMP_DIR = tmp_path / "task-tmp"
+
+
+def task_folders(settings) -> list[str]:
+    root = Path(settings.TASK_TEMP_DIR)
+    return sorted(path.name for path in root.iterdir()) if root.exists() else []
+
+
 @pytest.fixture
 def survey_bytes() -> bytes:
     return survey_csv()
