@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ from django.conf import settings
 
 from jobs import lifecycle
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
-from llmtuner import storage
+from llmtuner import scratch, storage
 from llmtuner.redact import redact
 
 logger = logging.getLogger(__name__)
@@ -68,8 +67,8 @@ def run_job(job_id: int) -> None:
     if not _claim(job_id):
         return
     job = TrainingJob.objects.select_related("dataset", "base_model").get(pk=job_id)
-    with tempfile.TemporaryDirectory(prefix=f"llmtuner-job-{job_id}-") as workdir:
-        LocalRun(job, Path(workdir)).run()
+    with scratch.task_folder(f"job-{job_id}-") as workdir:
+        LocalRun(job, workdir).run()
 
 
 def _claim(job_id: int) -> bool:

@@ -145,3 +145,21 @@ def test_a_script_whose_job_was_reaped_meanwhile_is_killed(owner, settings, monk
     assert job.status_message.startswith("The worker stopped responding")
     log = list(LogLine.objects.filter(job=job).values_list("text", flat=True))
     assert "The job was marked failed meanwhile: stopping the training script" in log
+
+
+@pytest.mark.django_db
+def test_a_local_run_works_in_a_task_folder_that_a_restarted_worker_cleans_up(
+    owner, settings, tmp_path, monkeypatch
+):
+    # A worker killed mid-run cannot remove its run's files (the copied dataset, the model so far);
+    # in a task folder, the next worker start does (llmtuner/scratch.py).
+    settings.TASK_TEMP_DIR = tmp_path / "tasks"
+    job = make_job(owner)
+    seen = []
+    monkeypatch.setattr(local.LocalRun, "run", lambda run: seen.append((run.workdir, run.workdir.is_dir())))
+
+    local.run_job(job.pk)
+
+    [(workdir, existed)] = seen
+    assert existed and workdir.parent == settings.TASK_TEMP_DIR
+    assert not workdir.exists()
