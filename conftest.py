@@ -49,6 +49,18 @@ def _isolated_settings(settings, tmp_path):
     yield
 
 
+@pytest.fixture
+def fake_aws_credentials(monkeypatch):
+    """Credentials moto accepts, so no test can reach a real AWS account with the machine's own."""
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
 PASSWORD = "correct-horse-battery-staple-42"
 
 

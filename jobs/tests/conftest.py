@@ -113,15 +113,8 @@ def tar_gz(members: dict[str, bytes], links: dict[str, str] | None = None) -> by
 
 
 @pytest.fixture
-def sagemaker_output(monkeypatch):
+def sagemaker_output(fake_aws_credentials):
     """An S3 (moto) with the bucket SageMaker writes model.tar.gz archives to."""
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_SESSION_TOKEN": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(name, value)
     with mock_aws():
         client = boto3.client("s3", region_name="us-east-1")
         client.create_bucket(Bucket=OUTPUT_BUCKET)
