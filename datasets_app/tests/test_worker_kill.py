@@ -55,7 +55,8 @@ def test_a_killed_worker_leaves_no_temp_files_and_its_preparation_is_reaped(
     restarted = start_worker(broker, log, settings.MEDIA_ROOT, env=env, beat_schedule=tmp_path / "beat")
     try:
         assert task_folders(settings) == []
-        wait_for(lambda: Dataset.objects.get(pk=dataset.pk).is_final, 60, "beat's reaper")
+        # Beat first sends an every-60 s entry 60 s after it starts: wait for that, with room.
+        wait_for(lambda: Dataset.objects.get(pk=dataset.pk).is_final, 120, "beat's reaper", log)
     finally:
         stop_process_group(restarted)
 
@@ -78,6 +79,9 @@ def test_a_preparation_past_its_time_limit_on_a_real_worker_fails_saying_so(
     # The sender writes the task's time limits into the message, and the worker obeys those.
     monkeypatch.setattr(prepare_dataset, "soft_time_limit", 10)
     monkeypatch.setattr(prepare_dataset, "time_limit", 70)
+    # Celery caches a task's send options (the limits among them) at its first send: an earlier
+    # test's send would otherwise put the default limit in this message.
+    monkeypatch.setattr(prepare_dataset, "_exec_options", None)
     # The reviewer's case: a small .gz that expands to far more than it looks (here ~250 MB).
     bomb = gzip.compress(big_csv(rows=5_000_000), compresslevel=9)
     env = {"TASK_TEMP_DIR": str(settings.TASK_TEMP_DIR), "DATASET_PREPARE_TIME_LIMIT_SECONDS": "10"}
