@@ -7,7 +7,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.text import slugify
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from datasets_app import actions
@@ -45,7 +45,7 @@ def _list_context(request: HttpRequest, form: UploadForm) -> dict:
 
 
 @login_required
-@require_GET
+@require_safe
 def dataset_list(request: HttpRequest) -> HttpResponse:
     return render(request, "datasets_app/list.html", _list_context(request, _upload_form(request)))
 
@@ -97,7 +97,7 @@ def _detail_context(dataset: Dataset, **extra) -> dict:
 
 
 @login_required
-@require_GET
+@require_safe
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = _get_dataset_for_user(request, pk)
     context = _detail_context(
@@ -109,7 +109,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def status(request: HttpRequest, pk: int) -> HttpResponse:
     """The polled part of the dataset page; reads the row only."""
     dataset = _get_dataset_for_user(request, pk)
@@ -156,7 +156,7 @@ def rename(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def delete(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = _get_dataset_for_user(request, pk)
     if request.method == "POST":
@@ -168,7 +168,7 @@ def delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def samples(request: HttpRequest, pk: int) -> HttpResponse:
     dataset = _get_dataset_for_user(request, pk)
     if not dataset.is_ready:
@@ -182,7 +182,7 @@ def samples(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def download(request: HttpRequest, pk: int, split: str) -> HttpResponse:
     dataset = _get_dataset_for_user(request, pk)
     key = {"train": dataset.train_file, "validation": dataset.validation_file}.get(split)

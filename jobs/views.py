@@ -28,7 +28,7 @@ from django.template.loader import render_to_string
 from django.urls import reverse
 from django.utils import timezone
 from django.utils.text import slugify
-from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
@@ -78,7 +78,7 @@ def _go_to(request: HttpRequest, to: TrainingJob | str) -> HttpResponse:
 
 
 def _polled(view):
-    """For the job page's polls, each asked every 2 s: login_required, GET only, and the job.
+    """For the job page's polls, each asked every 2 s: login_required, GET (or HEAD) only, and the job.
 
     The job is read with its owner's row in one prepared query (jobs/polling.py), and the user is
     signed in from that row (accounts.backends.known_user): Django checks the session against it
@@ -92,8 +92,8 @@ def _polled(view):
         with known_user(job.owner if job else None):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
-        if request.method != "GET":  # checked after signing in, as everywhere else
-            return HttpResponseNotAllowed(["GET"])
+        if request.method not in ("GET", "HEAD"):  # checked after signing in, as everywhere else
+            return HttpResponseNotAllowed(["GET", "HEAD"])
         if job is None:
             raise Http404("No such job")
         return view(request, job)
@@ -175,7 +175,7 @@ def _progress_context(job: TrainingJob) -> dict:
 
 
 @login_required
-@require_GET
+@require_safe
 def job_list(request: HttpRequest) -> HttpResponse:
     form = JobFilterForm(request.GET)
     jobs = form.filter(
@@ -240,7 +240,7 @@ def _unbound_estimate(form: NewJobForm) -> dict:
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def new_job(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = NewJobForm(request.user, request.POST)
@@ -281,7 +281,7 @@ def new_job(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def estimate(request: HttpRequest) -> HttpResponse:
     """The live estimate of the new-job form: steps, tokens, time, cost and what is wrong, as fields change.
 
@@ -301,7 +301,7 @@ def estimate(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def clone(request: HttpRequest, pk: int) -> HttpResponse:
     """A new-job form with this job's settings."""
     source = _get_job_for_user(request, pk)
@@ -315,7 +315,7 @@ def clone(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def detail(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
     lines = list(
@@ -397,11 +397,11 @@ def logs(request: HttpRequest, job: TrainingJob) -> HttpResponse:
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def stop(request: HttpRequest, pk: int) -> HttpResponse:
     """GET: a confirmation page (works without JavaScript). POST: stop the job."""
     job = _get_job_for_user(request, pk)
-    if request.method == "GET":
+    if request.method != "POST":  # GET or HEAD: the page
         if job.is_final:
             messages.info(request, f"“{job.name}” has already ended.")
             return redirect(job)
@@ -438,11 +438,11 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def delete(request: HttpRequest, pk: int) -> HttpResponse:
     """GET: a confirmation page. POST: remove a final job with its stored model and log."""
     job = _get_job_for_user(request, pk)
-    if request.method == "GET":
+    if request.method != "POST":  # GET or HEAD: the page
         return render(request, "jobs/delete.html", {"job": job})
     try:
         actions.delete_job(job)
@@ -454,7 +454,7 @@ def delete(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     """The tuned model's Hugging Face folder as a zip, streamed from storage as it is read."""
     job = _get_job_for_user(request, pk)
@@ -469,7 +469,7 @@ def download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def log_download(request: HttpRequest, pk: int) -> HttpResponse:
     """The whole log of a finished job (the page keeps only its last lines)."""
     job = _get_job_for_user(request, pk)

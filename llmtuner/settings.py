@@ -274,6 +274,12 @@ Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
 AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME")
 AWS_S3_ENDPOINT_URL = env_url("AWS_S3_ENDPOINT_URL", "", ("http", "https")) or None
 AWS_REGION = env_str("AWS_REGION", env_str("AWS_DEFAULT_REGION", "us-east-1"))
+# Download links are presigned with SigV4 (botocore would sign them with SigV2, which newer
+# regions refuse), on the bucket's regional host at AWS (the global one redirects for a new
+# bucket); a custom endpoint keeps path-style URLs. django-storages reads these two for every
+# S3 storage whose OPTIONS do not say otherwise.
+AWS_S3_SIGNATURE_VERSION = "s3v4"
+AWS_S3_ADDRESSING_STYLE = None if AWS_S3_ENDPOINT_URL else "virtual"
 # Datasets: the upload limit is enforced while the body streams in; a .gz
 # upload may expand to DATASET_MAX_DECOMPRESSED_MB. DATASET_TOKENIZER names a
 # tokenizer.json to count tokens with instead of the bundled GPT-2 one.

@@ -9,7 +9,7 @@ from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_GET, require_http_methods
+from django.views.decorators.http import require_http_methods, require_safe
 
 from jobs.models import PlaygroundRun, TrainingJob
 from jobs.playground import runs
@@ -111,10 +111,10 @@ def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
 
 
 @login_required
-@require_http_methods(["GET", "POST"])
+@require_http_methods(["GET", "HEAD", "POST"])
 def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
-    if request.method == "GET":
+    if request.method != "POST":  # GET or HEAD: the page
         return render(request, "jobs/playground.html", _context(job, PlaygroundForm()))
     form = PlaygroundForm(request.POST)
     status, retry_after = 400, None
@@ -141,7 +141,7 @@ def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
 
 
 @login_required
-@require_GET
+@require_safe
 def playground_run(request: HttpRequest, pk: int, run_pk: int) -> HttpResponse:
     """One run's row, polled while it waits or generates; reads that row only."""
     run = _get_run_for_user(request, pk, run_pk)
