@@ -13,10 +13,11 @@ LONGEST_SHOWN_INPUT = 1000
 
 
 def shown_input(field: forms.Field, value: str) -> str:
-    """`value` as the input shows it again: cut to the field's max_length, or empty when far too long."""
-    max_length = getattr(field, "max_length", None)
+    """`value` as the input shows it again: cut to what the field (or its input) takes, or empty when
+    far too long."""
+    max_length = getattr(field, "max_length", None) or field.widget.attrs.get("maxlength")
     if max_length:
-        return value[:max_length]
+        return value[: int(max_length)]
     return value if len(value) <= LONGEST_SHOWN_INPUT else ""
 
 

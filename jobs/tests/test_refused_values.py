@@ -193,3 +193,16 @@ def test_the_settings_checkbox_takes_a_megabyte_as_on(owner_client, owner):
 
     assert response.status_code == 302
     assert get_profile(owner).email_notifications is True
+
+
+def test_a_prompt_just_over_the_limit_comes_back_cut_to_it(owner_client, owner, settings):
+    settings.PLAYGROUND_MAX_PROMPT_CHARS = 100
+    job = make_job(owner, status=JobStatus.COMPLETED, model_prefix="users/1/jobs/1/model")
+    data = {"prompt": "a" * 100 + "b" * 10, "max_new_tokens": "8", "temperature": "0.7", "top_p": "0.9"}
+
+    response = owner_client.post(f"/jobs/{job.pk}/playground/", data)
+
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "The prompt can be at most 100 characters; this one has 110." in page
+    assert "a" * 100 + "</textarea>" in page
