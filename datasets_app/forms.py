@@ -7,6 +7,7 @@ from datasets_app import quota
 from datasets_app.actions import ReadOptions
 from datasets_app.mapping import MappingError, parse_mapping
 from datasets_app.models import Dataset
+from llmtuner.forms import ShortRefusalsMixin
 from llmtuner.validators import no_control_characters
 
 MAPPING_HELP = (
@@ -15,7 +16,7 @@ MAPPING_HELP = (
 )
 
 
-class ReadOptionsForm(forms.Form):
+class ReadOptionsForm(ShortRefusalsMixin, forms.Form):
     """How to read the file; shared by the upload form and the dataset page."""
 
     format = forms.ChoiceField(choices=Dataset.Format.choices, initial=Dataset.Format.AUTO)
@@ -113,7 +114,7 @@ class UploadForm(ReadOptionsForm):
         return super().clean()
 
 
-class RenameForm(forms.Form):
+class RenameForm(ShortRefusalsMixin, forms.Form):
     name = forms.CharField(max_length=200, validators=[no_control_characters])
 
     def clean_name(self) -> str:

@@ -15,6 +15,7 @@ from datasets_app.models import Dataset
 from jobs import presets, pricing
 from jobs.estimate import Estimate, estimate_job
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from llmtuner.forms import ShortRefusalsMixin
 from llmtuner.validators import no_control_characters
 from training_scripts.hyperparameters import DEFAULTS, HYPERPARAMETERS, Param, validate_hyperparameters
 
@@ -133,7 +134,7 @@ def as_form_value(param: Param, value: Any) -> Any:
     return str(value)
 
 
-class NewJobForm(forms.Form):
+class NewJobForm(ShortRefusalsMixin, forms.Form):
     name = forms.CharField(
         max_length=200,
         required=False,

@@ -12,6 +12,7 @@ Public API:
 - ``SCRATCH_MODELS``: the ``scratch:...`` base models built from nothing (no download).
 - ``validate_hyperparameters(values) -> (clean, errors)``.
 - ``format_errors(errors) -> str``.
+- ``describe_value(value)`` and ``shorten(text)``: a refused value as a message quotes it, never whole.
 - ``to_cli_args(clean) -> list[str]`` and ``to_sagemaker_hyperparameters(clean) -> dict[str, str]``.
 - ``decode_value(value)``: how one CLI / SageMaker value is read.
 """
@@ -33,8 +34,10 @@ __all__ = [
     "SCRATCH_MODELS",
     "Param",
     "decode_value",
+    "describe_value",
     "format_errors",
     "is_scratch_model",
+    "shorten",
     "to_cli_args",
     "to_sagemaker_hyperparameters",
     "validate_hyperparameters",
@@ -195,6 +198,28 @@ _SPEC: tuple[Param, ...] = (
 HYPERPARAMETERS: dict[str, Param] = {p.name: p for p in _SPEC}
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in _SPEC}
 
+# A refused value longer than this is quoted by its first characters and its length only:
+# a message must never send a megabyte back (the web forms quote with these too).
+QUOTED_CHARACTERS = 50
+
+
+def shorten(text: str) -> str:
+    """``text`` as is when short, else ``"9999… (1,048,576 characters)"``."""
+    if len(text) <= QUOTED_CHARACTERS:
+        return text
+    return f"{text[:QUOTED_CHARACTERS]}… ({len(text):,} characters)"
+
+
+def describe_value(value: Any) -> str:
+    """A refused value as a message quotes it: ``'abc'`` in full, ``'9999…' (1,048,576 characters)``."""
+    if isinstance(value, str) and len(value) > QUOTED_CHARACTERS:
+        return f"{value[:QUOTED_CHARACTERS] + '…'!r} ({len(value):,} characters)"
+    try:
+        return shorten(repr(value))
+    except ValueError:  # an integer past Python's int-to-string digit limit
+        return f"an integer of about {int(value.bit_length() * math.log10(2)):,} digits"
+
+
 _TRUE = {"true", "1", "yes", "y", "on", "t"}
 _FALSE = {"false", "0", "no", "n", "off", "f"}
 
@@ -257,7 +282,7 @@ def _coerce(param: Param, raw: Any) -> tuple[Any, str | None]:
     if param.type == "choice":
         text = str(value).strip().lower() if isinstance(value, str) else value
         if text not in (param.choices or ()):
-            return None, f"must be {expected} (got {raw!r})"
+            return None, f"must be {expected} (got {describe_value(raw)})"
         return text, None
     if param.type == "bool":
         if isinstance(value, bool):
@@ -266,23 +291,23 @@ def _coerce(param: Param, raw: Any) -> tuple[Any, str | None]:
             return bool(value), None
         if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE, None
-        return None, f"must be true or false (got {raw!r})"
+        return None, f"must be true or false (got {describe_value(raw)})"
     # numbers
     if isinstance(value, bool) or not isinstance(value, int | float):
-        return None, f"must be {expected} (got {raw!r})"
+        return None, f"must be {expected} (got {describe_value(raw)})"
     if isinstance(value, float) and not math.isfinite(value):
-        return None, f"must be {expected} (got {raw!r})"
+        return None, f"must be {expected} (got {describe_value(raw)})"
     if param.type == "int":
         if isinstance(value, float):
             if not value.is_integer():
-                return None, f"must be {expected} (got {raw!r})"
+                return None, f"must be {expected} (got {describe_value(raw)})"
             value = int(value)
     else:
         value = float(value)
     too_low = param.min is not None and (value <= param.min if param.min_exclusive else value < param.min)
     too_high = param.max is not None and value > param.max
     if too_low or too_high:
-        return None, f"must be {expected} (got {raw!r})"
+        return None, f"must be {expected} (got {describe_value(raw)})"
     return value, None
 
 
@@ -302,7 +327,7 @@ def validate_hyperparameters(values: Mapping[str, Any] | None) -> tuple[dict[str
     known = ", ".join(HYPERPARAMETERS)
     for name in values:
         if name not in HYPERPARAMETERS:
-            errors[name] = f"unknown hyperparameter '{name}' (known: {known})"
+            errors[name] = f"unknown hyperparameter {describe_value(name)} (known: {known})"
     for name, param in HYPERPARAMETERS.items():
         raw = values.get(name)
         if raw is None or (isinstance(raw, str) and raw.strip() in ("", "null", "None")):
@@ -316,7 +341,8 @@ def validate_hyperparameters(values: Mapping[str, Any] | None) -> tuple[dict[str
 
     base = clean.get("base_model")
     if "base_model" not in errors and is_scratch_model(base) and base not in SCRATCH_MODELS:
-        errors["base_model"] = f"unknown scratch model {base!r}: use one of {', '.join(SCRATCH_MODELS)}"
+        known_scratch = ", ".join(SCRATCH_MODELS)
+        errors["base_model"] = f"unknown scratch model {describe_value(base)}: use one of {known_scratch}"
     if (
         not errors.get("base_model")
         and is_scratch_model(base)
@@ -337,7 +363,7 @@ def validate_hyperparameters(values: Mapping[str, Any] | None) -> tuple[dict[str
 
 def format_errors(errors: Mapping[str, str]) -> str:
     """One line naming every bad field: ``"Invalid hyperparameters: lora_r: must be ...; seed: ..."``."""
-    return "Invalid hyperparameters: " + "; ".join(f"{k}: {v}" for k, v in errors.items())
+    return "Invalid hyperparameters: " + "; ".join(f"{shorten(k)}: {v}" for k, v in errors.items())
 
 
 def _encode(value: Any) -> str:

@@ -13,12 +13,13 @@ from django.views.decorators.http import require_http_methods, require_safe
 
 from jobs.models import PlaygroundRun, TrainingJob
 from jobs.playground import runs
+from llmtuner.forms import ShortRefusalsMixin
 
 STOP_POLLING = 286  # htmx stops an `every 2s` trigger on this status
 RUNS_SHOWN = 50
 
 
-class PlaygroundForm(forms.Form):
+class PlaygroundForm(ShortRefusalsMixin, forms.Form):
     prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4, "placeholder": "Write a prompt…"}),
         strip=False,  # a trailing space changes what a completion model writes next
