@@ -709,9 +709,10 @@ def read_json_list(
         key_count = 0
         records_key: str | None = None
         while not at_end() and buf[pos] != "}":
-            key, pos = decode()
+            key, end = decode()
             if not isinstance(key, str):
                 raise broken("expected a key in double quotes", pos)
+            pos = end
             key_count += 1
             if len(keys) < KEYS_SHOWN:
                 keys.append(key)
@@ -741,11 +742,11 @@ def read_json_list(
                 pos += 1
         pos += 1
         if records_key is None:
-            found = "it is empty, with"
+            found = "it is empty ({})."
             if keys:
-                found = f"its keys are {_quoted_list(keys, key_count)}, and none holds"
+                found = f"its keys are {_quoted_list(keys, key_count)}, and none holds a list of objects."
             raise PreparationError(
-                f"{ONE_OBJECT} {found} a list of objects. A JSON file must be a list of objects "
+                f"{ONE_OBJECT} {found} A JSON file must be a list of objects "
                 '([{...}, {...}]), or an object with one such list ({"data": [{...}, ...]}). '
                 "If each line is its own object, name the file .jsonl."
             )

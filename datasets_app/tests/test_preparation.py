@@ -226,6 +226,17 @@ def test_a_bad_byte_early_in_a_file_that_began_as_utf8_does_not_turn_it_into_cp1
     ]
 
 
+def test_a_bad_byte_in_a_paragraph_rejects_that_paragraph_with_the_bad_line():
+    data = "Māori\nfirst\n\nsecond\n".encode() + b"caf\xe9\n\nthird\n"
+
+    prepared = run(data, "notes.txt", txt_mode="paragraph")
+
+    assert texts(prepared) == ["Māori\nfirst", "third"]
+    assert prepared.stats["rejected_examples"] == [
+        {"line": 5, "reason": "not valid UTF-8 (byte 0xe9 at column 4)"}
+    ]
+
+
 def test_a_bad_byte_in_a_json_list_rejects_that_element_with_its_line():
     data = '[\n{"text": "Māori"},\n{"text": "caf'.encode() + b'\xe9"},\n{"text": "ok"}\n]'
 
@@ -321,9 +332,10 @@ def test_json_list_is_streamed_with_element_line_numbers():
     assert prepared.preview[1]["line"] == 5
 
 
-def test_json_list_is_read_lazily_not_whole():
+@pytest.mark.parametrize(("opening", "closing"), [("[", "]"), ('{"data": [', "]}")])
+def test_json_list_is_read_lazily_not_whole(opening, closing):
     element = json.dumps({"text": "x" * 100}) + ",\n"
-    data = ("[" + element * 200_000 + '{"text": "end"}]').encode()  # ~22 MB
+    data = (opening + element * 200_000 + '{"text": "end"}' + closing).encode()  # ~22 MB
 
     class CountingStream(io.BytesIO):
         consumed = 0
