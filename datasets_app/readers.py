@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import bisect
 import codecs
-import contextvars
 import csv
 import gzip
 import io
 import json
+import re
 import sys
 import zlib
 from collections.abc import Iterator
@@ -115,44 +115,48 @@ class Records:
     @property
     def encoding_note(self) -> str:
         """Said to the user when the file was not plain UTF-8; complete once the rows are consumed."""
-        advice = "If accented letters look wrong, save the file as UTF-8 and upload it again."
-        if self.encoding == "cp1252":
-            return f"The file is not valid UTF-8, so it was read as Windows-1252 (Western European). {advice}"
-        count = self.decoding.fallback_bytes if self.decoding else 0
-        if count:
-            return (
-                f"The file is UTF-8 except for {count:,} byte{'s' if count != 1 else ''} further on, "
-                f"read as Windows-1252 (Western European). {advice}"
-            )
-        return ""
+        return self.decoding.note() if self.decoding else ""
 
 
 # --- Decoding ------------------------------------------------------------------
 
+# A file read as UTF-8 is decoded with "surrogateescape": each byte that is not UTF-8 becomes
+# U+DC80..U+DCFF, which a UTF-8 decoder never yields otherwise, so a line holding one is found
+# by that character and refused with its number, and the rest of the file is still read.
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+SAVE_AS_UTF8 = "If accented letters look wrong, save the file as UTF-8 and upload it again."
+
 
 @dataclass
 class DecodingReport:
-    fallback_bytes: int = 0
+    """How the bytes became text: the codec, why a legacy one was chosen, the lines not valid in it."""
 
+    codec: str
+    legacy_reason: str = ""
+    bad_lines: int = 0
+    first_bad_line: int = 0
 
-_current_report: contextvars.ContextVar[DecodingReport | None] = contextvars.ContextVar(
-    "datasets_app_decoding_report", default=None
-)
-FALLBACK_ERRORS = "datasets_app.cp1252"
+    def flaw(self, number: int, text: str, offset: int = 0) -> RowError | None:
+        """The refusal of line `number` when `text` (starting at its column `offset + 1`) holds a
+        byte that was not UTF-8; counted once per line."""
+        found = _ESCAPED_BYTE.search(text)
+        if found is None:
+            return None
+        self.bad_lines += 1
+        self.first_bad_line = self.first_bad_line or number
+        byte = ord(found.group()) - 0xDC00
+        return RowError(f"not valid UTF-8 (byte 0x{byte:02x} at column {offset + found.start() + 1})")
 
-
-def _cp1252_fallback(exc: UnicodeError) -> tuple[str, int]:
-    """Bytes that are not UTF-8 in a file that began as UTF-8: read them as Windows-1252."""
-    if not isinstance(exc, UnicodeDecodeError):
-        raise exc
-    bad = exc.object[exc.start : exc.end]
-    report = _current_report.get()
-    if report is not None:
-        report.fallback_bytes += len(bad)
-    return bad.decode("cp1252", errors="replace"), exc.end
-
-
-codecs.register_error(FALLBACK_ERRORS, _cp1252_fallback)
+    def note(self) -> str:
+        if self.legacy_reason:
+            return f"Read as Windows-1252: {self.legacy_reason}. {SAVE_AS_UTF8}"
+        if self.bad_lines:
+            lines = f"{self.bad_lines:,} line{'s are' if self.bad_lines != 1 else ' is'}"
+            return (
+                f"{lines} not valid UTF-8 and left out (the first is line {self.first_bad_line:,}); "
+                f"the rest of the file was read as UTF-8. {SAVE_AS_UTF8}"
+            )
+        return ""
 
 
 class _HeadThenStream(io.RawIOBase):
@@ -205,29 +209,34 @@ def _describe_size(n: int) -> str:
     return f"{n:,} bytes"
 
 
-def _guess_encoding(head: bytes, at_eof: bool) -> tuple[str, int]:
-    """Return (codec, BOM length to skip) for the first bytes, or raise for binary content."""
+def _guess_encoding(head: bytes, at_eof: bool) -> tuple[str, int, str]:
+    """Return (codec, BOM length to skip, why a legacy codec) for the first bytes, or raise for
+    binary content."""
     if head.startswith(codecs.BOM_UTF8):
-        return "utf-8", 3
+        return "utf-8", 3, ""
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
-        return "utf-32", 0
+        return "utf-32", 0, ""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return "utf-16", 0
+        return "utf-16", 0, ""
     if b"\x00" in head:
         # UTF-16 without a BOM: every other byte of ASCII text is NUL.
         if len(head) >= 8:
             even, odd = head[0::2], head[1::2]
             if odd.count(0) > 0.9 * len(odd) and even.count(0) < 0.1 * len(even):
-                return "utf-16-le", 0
+                return "utf-16-le", 0, ""
             if even.count(0) > 0.9 * len(even) and odd.count(0) < 0.1 * len(odd):
-                return "utf-16-be", 0
+                return "utf-16-be", 0, ""
         raise PreparationError("This looks like a binary file, not text: it contains NUL bytes. " + SAVE_AS)
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
         decoder.decode(head, final=at_eof)
-    except UnicodeDecodeError:
-        return "cp1252", 0
-    return "utf-8", 0
+    except UnicodeDecodeError as exc:
+        # Only ASCII before the first bad byte: nothing says UTF-8, so it is a legacy file. After
+        # real UTF-8 letters, a bad byte is a flaw in a UTF-8 file: its line is refused instead.
+        if head[: exc.start].isascii():
+            line = head.count(b"\n", 0, exc.start) + 1
+            return "cp1252", 0, f"the file is not UTF-8 (first bad byte on line {line:,})"
+    return "utf-8", 0, ""
 
 
 def _check_magic(head: bytes) -> None:
@@ -254,9 +263,10 @@ def _first_line(text: str) -> str:
 
 
 def _looks_like_jsonl(text: str) -> bool:
-    line = _first_line(text.lstrip()).strip()
+    """The first line is a whole object and more follows it: a file of one object is not JSON Lines."""
+    first, _, rest = text.lstrip().partition("\n")
     try:
-        return isinstance(json.loads(line), dict)
+        return isinstance(json.loads(first), dict) and bool(rest.strip())
     except (ValueError, RecursionError):
         return False
 
@@ -363,15 +373,10 @@ def open_text(
         head = raw_head
     _check_magic(head)
     at_eof = len(head) < SNIFF_BYTES
-    codec, bom = _guess_encoding(head, at_eof)
+    codec, bom, legacy_reason = _guess_encoding(head, at_eof)
     raw = _HeadThenStream(head[bom:], source, cap, _cap_message(cap or 0))
-    report = DecodingReport()
-    if codec == "utf-8":
-        errors = FALLBACK_ERRORS
-    elif codec == "cp1252":
-        errors = "replace"
-    else:
-        errors = "strict"
+    report = DecodingReport(codec, legacy_reason)
+    errors = {"utf-8": "surrogateescape", "cp1252": "replace"}.get(codec, "strict")
     text = io.TextIOWrapper(io.BufferedReader(raw, READ_CHUNK), encoding=codec, errors=errors, newline="")
     decoded_head = head[bom:].decode(codec, errors="replace").removeprefix("\ufeff")
     return text, codec, decoded_head, compressed, report
@@ -387,10 +392,15 @@ def _cap_message(cap: int) -> str:
 # --- Lines --------------------------------------------------------------------
 
 
-def physical_lines(text: io.TextIOBase, max_chars: int, oversized: list[int]) -> Iterator[str]:
-    """Yield the file's lines with their line ends; a line over `max_chars` is skipped
-    without reading it whole, yielded as a bare newline and its number added to `oversized`."""
+def physical_lines(
+    text: io.TextIOBase, max_chars: int, flawed: list[tuple[int, RowError]], report: DecodingReport
+) -> Iterator[str]:
+    """Yield the file's lines with their line ends, adding `(number, refusal)` to `flawed` for
+    each line the reader must refuse the row of: a line over `max_chars`, skipped without reading
+    it whole and yielded as a bare newline; a line holding a byte that is not UTF-8, yielded as it
+    is (so a quoted CSV field still ends where it does)."""
     readline = text.readline
+    flaw = report.flaw if report.codec == "utf-8" else None
     number = 0
     while True:
         line = readline(max_chars)
@@ -402,9 +412,17 @@ def physical_lines(text: io.TextIOBase, max_chars: int, oversized: list[int]) ->
                 rest = readline(max_chars)
                 if not rest or rest[-1] in "\r\n":
                     break
-            oversized.append(number)
+            flawed.append((number, _too_long(max_chars)))
             line = "\n"
+        elif flaw is not None and not line.isascii():
+            refusal = flaw(number, line)
+            if refusal is not None:
+                flawed.append((number, refusal))
         yield line
+
+
+def _line_number(flaw: tuple[int, RowError]) -> int:
+    return flaw[0]
 
 
 def _too_long(max_chars: int) -> RowError:
@@ -427,12 +445,14 @@ def _clean_columns(header: list[str]) -> list[str]:
     return columns
 
 
-def read_delimited(text: io.TextIOBase, delimiter: str, max_line_chars: int) -> tuple[list[str], Iterator]:
+def read_delimited(
+    text: io.TextIOBase, delimiter: str, max_line_chars: int, report: DecodingReport
+) -> tuple[list[str], Iterator]:
     """CSV/TSV with a header row. Rows are lists of str, numbered by the line where they start."""
     if csv.field_size_limit() < max_line_chars:
         csv.field_size_limit(max_line_chars)
-    oversized: list[int] = []
-    reader = csv.reader(physical_lines(text, max_line_chars, oversized), delimiter=delimiter)
+    flawed: list[tuple[int, RowError]] = []
+    reader = csv.reader(physical_lines(text, max_line_chars, flawed, report), delimiter=delimiter)
     header: list[str] | None = None
     header_line = 0
     while header is None:
@@ -444,11 +464,14 @@ def read_delimited(text: io.TextIOBase, delimiter: str, max_line_chars: int) -> 
             raise PreparationError(
                 f"The header row (line {reader.line_num}) cannot be read: {exc}."
             ) from None
-        if oversized:
-            raise PreparationError(
-                f"Line {oversized[0]} is longer than {max_line_chars:,} characters; "
-                "a header row that long is not a table."
-            )
+        if flawed:
+            line, refusal = flawed[0]
+            if refusal == _too_long(max_line_chars):
+                raise PreparationError(
+                    f"Line {line} is longer than {max_line_chars:,} characters; "
+                    "a header row that long is not a table."
+                )
+            raise PreparationError(f"The header row (line {line}) cannot be read: {refusal.reason}.")
         if any(cell.strip() for cell in row):
             header = row
             header_line = reader.line_num
@@ -473,10 +496,10 @@ def read_delimited(text: io.TextIOBase, delimiter: str, max_line_chars: int) -> 
                 )
                 continue
             end = reader.line_num
-            if oversized and oversized[0] <= end:
-                too_long = oversized[0]
-                del oversized[: bisect.bisect_right(oversized, end)]
-                yield too_long, _too_long(max_line_chars)
+            if flawed and flawed[0][0] <= end:
+                first = flawed[0]
+                del flawed[: bisect.bisect_right(flawed, end, key=_line_number)]
+                yield first
                 continue
             if not any(row):
                 continue  # blank line, or a spreadsheet's row of empty cells
@@ -531,11 +554,11 @@ class LongNumberDecoder(json.JSONDecoder):
         return RowError(f"a number with {self.longest:,} digits; at most {limit:,} digits can be read")
 
 
-def read_jsonl(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[int, Any]]:
-    oversized: list[int] = []
-    for number, line in enumerate(physical_lines(text, max_line_chars, oversized), 1):
-        if oversized and oversized[-1] == number:
-            yield number, _too_long(max_line_chars)
+def read_jsonl(text: io.TextIOBase, max_line_chars: int, report: DecodingReport) -> Iterator[tuple[int, Any]]:
+    flawed: list[tuple[int, RowError]] = []
+    for number, line in enumerate(physical_lines(text, max_line_chars, flawed, report), 1):
+        if flawed:
+            yield flawed.pop()
             continue
         line = line.strip()
         if line:
@@ -565,8 +588,11 @@ def _json_line(line: str, decoder: json.JSONDecoder = _PLAIN_JSON) -> Any:
 _WHITESPACE = " \t\r\n"
 
 
-def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[int, Any]]:
-    """A JSON array of objects, decoded one element at a time with `raw_decode`.
+def read_json_list(
+    text: io.TextIOBase, max_line_chars: int, report: DecodingReport, notes: list[str]
+) -> Iterator[tuple[int, Any]]:
+    """A JSON array of objects, decoded one element at a time with `raw_decode`; or the one
+    array of objects inside an object (`{"data": [...]}`), whose key is added to `notes`.
 
     A syntax error inside the array cannot be skipped over safely, so it ends
     the file with a `PreparationError` that names the line and column.
@@ -575,6 +601,7 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
     buf = ""
     pos = 0
     eof = False
+    escaped = False  # a byte that is not UTF-8 was seen: elements are searched for it
     counted_to = 0  # buf[:counted_to] holds (line_at_counted - 1) newlines since the file's start
     line_at_counted = 1
 
@@ -585,8 +612,11 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
             counted_to = index
         return line_at_counted
 
+    def column_at(index: int) -> int:
+        return index - (buf.rfind("\n", 0, index) + 1) + 1
+
     def fill() -> bool:
-        nonlocal buf, pos, eof, counted_to
+        nonlocal buf, pos, eof, counted_to, escaped
         if eof:
             return False
         chunk = text.read(READ_CHUNK)
@@ -597,6 +627,8 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
             line_at(pos)
             buf, counted_to, pos = buf[pos:], 0, 0
         buf += chunk
+        if not escaped and report.codec == "utf-8" and not chunk.isascii():
+            escaped = _ESCAPED_BYTE.search(chunk) is not None
         return True
 
     def skip_ws() -> None:
@@ -607,29 +639,16 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
             if pos < len(buf) or not fill():
                 return
 
-    def broken(message: str, at: int) -> PreparationError:
-        column = at - (buf.rfind("\n", 0, at) + 1) + 1
-        return PreparationError(f"The JSON is broken at line {line_at(at)}, column {column}: {message}.")
+    def at_end() -> bool:
+        skip_ws()
+        return pos >= len(buf)
 
-    skip_ws()
-    if pos >= len(buf):
-        raise PreparationError("The file is empty.")
-    if buf[pos] != "[":
-        found = "an object {...}" if buf[pos] == "{" else "something else"
-        raise PreparationError(
-            f"A JSON file must be a list of objects ([{{...}}, {{...}}]); this one starts with {found}. "
-            "If each line is its own object, name the file .jsonl."
-        )
-    pos += 1
-    skip_ws()
-    if pos < len(buf) and buf[pos] == "]":
-        pos += 1
-        skip_ws()
-        if pos < len(buf):
-            raise broken("unexpected text after the closing ]", pos)
-        return
-    while True:
-        skip_ws()
+    def broken(message: str, at: int) -> PreparationError:
+        where = f"line {line_at(at)}, column {column_at(at)}"
+        return PreparationError(f"The JSON is broken at {where}: {message}.")
+
+    def decode() -> tuple[Any, int]:
+        """The value at `pos` and where it ends; a RowError for a number too long to read."""
         careful = None
         while True:
             try:
@@ -649,34 +668,128 @@ def read_json_list(text: io.TextIOBase, max_line_chars: int) -> Iterator[tuple[i
             except ValueError:  # an integer too long to convert: read this element again, carefully
                 careful = LongNumberDecoder()
         if careful and careful.longest:
-            value = careful.refusal()
-        elif not isinstance(value, dict):
-            value = RowError(f"expected a JSON object {{...}}, found {_json_type(value)}")
-        yield line_at(pos), value
-        pos = end
-        skip_ws()
-        if pos >= len(buf):
+            return careful.refusal(), end
+        return value, end
+
+    def elements() -> Iterator[tuple[int, Any]]:
+        """The elements of the list whose [ is just behind `pos`, up to and past its ]."""
+        nonlocal pos
+        if at_end():
             raise broken("the list is not closed with ]", pos)
-        if buf[pos] == ",":
-            pos += 1
-            continue
         if buf[pos] == "]":
             pos += 1
-            skip_ws()
-            if pos < len(buf):
-                raise broken("unexpected text after the closing ]", pos)
             return
-        raise broken("expected , or ] after an element", pos)
+        while True:
+            skip_ws()
+            value, end = decode()
+            found = _ESCAPED_BYTE.search(buf, pos, end) if escaped else None
+            if found is not None:
+                at = found.start()
+                yield line_at(at), report.flaw(line_at(at), buf[at], column_at(at) - 1)
+            else:
+                if not isinstance(value, dict | RowError):
+                    value = RowError(f"expected a JSON object {{...}}, found {_json_type(value)}")
+                yield line_at(pos), value
+            pos = end
+            if at_end():
+                raise broken("the list is not closed with ]", pos)
+            if buf[pos] == ",":
+                pos += 1
+                continue
+            if buf[pos] == "]":
+                pos += 1
+                return
+            raise broken("expected , or ] after an element", pos)
+
+    def records_in_object() -> Iterator[tuple[int, Any]]:
+        """The one value of the object at `pos` that is a list of objects, or a refusal."""
+        nonlocal pos
+        pos += 1
+        keys: list[str] = []  # the first few, for the message
+        key_count = 0
+        records_key: str | None = None
+        while not at_end() and buf[pos] != "}":
+            key, end = decode()
+            if not isinstance(key, str):
+                raise broken("expected a key in double quotes", pos)
+            pos = end
+            key_count += 1
+            if len(keys) < KEYS_SHOWN:
+                keys.append(key)
+            if at_end() or buf[pos] != ":":
+                raise broken("expected : after a key", pos)
+            pos += 1
+            if not at_end() and buf[pos] == "[":
+                pos += 1
+                holds_objects = not at_end() and buf[pos] == "{"
+                if holds_objects and records_key is not None:
+                    raise PreparationError(
+                        f"{ONE_OBJECT} its keys {_quoted(records_key)} and {_quoted(key)} both hold lists "
+                        "of objects. Keep only the list to train on, or upload each as a file of its own."
+                    )
+                if holds_objects:
+                    records_key = key
+                    notes.append(f"The records were read from the list under {_quoted(key)}.")
+                    yield from elements()
+                else:
+                    for _ in elements():  # a list of something else: passed over
+                        pass
+            else:
+                _, pos = decode()
+            if at_end() or buf[pos] not in ",}":
+                raise broken("expected , or } after a value", pos)
+            if buf[pos] == ",":
+                pos += 1
+        pos += 1
+        if records_key is None:
+            found = "it is empty ({})."
+            if keys:
+                found = f"its keys are {_quoted_list(keys, key_count)}, and none holds a list of objects."
+            raise PreparationError(
+                f"{ONE_OBJECT} {found} A JSON file must be a list of objects "
+                '([{...}, {...}]), or an object with one such list ({"data": [{...}, ...]}). '
+                "If each line is its own object, name the file .jsonl."
+            )
+
+    if at_end():
+        raise PreparationError("The file is empty.")
+    opening = buf[pos]
+    if opening == "{":
+        yield from records_in_object()
+    elif opening == "[":
+        pos += 1
+        yield from elements()
+    else:
+        raise PreparationError(
+            "A JSON file must be a list of objects ([{...}, {...}]); this one starts with something else."
+        )
+    if not at_end():
+        raise broken(f"unexpected text after the closing {']' if opening == '[' else '}'}", pos)
 
 
-def read_text(text: io.TextIOBase, mode: str, max_line_chars: int) -> Iterator[tuple[int, Any]]:
+ONE_OBJECT = "The file holds one JSON object, not a list of records:"
+KEYS_SHOWN = 10
+
+
+def _quoted(key: str) -> str:
+    return json.dumps(key if len(key) <= 40 else key[:39] + "…", ensure_ascii=False)
+
+
+def _quoted_list(keys: list[str], count: int) -> str:
+    shown = ", ".join(_quoted(key) for key in keys)
+    return shown + (f" and {count - len(keys):,} more" if count > len(keys) else "")
+
+
+def read_text(
+    text: io.TextIOBase, mode: str, max_line_chars: int, report: DecodingReport
+) -> Iterator[tuple[int, Any]]:
     """Plain text: one sample per non-blank line, or per blank-line-separated paragraph."""
-    oversized: list[int] = []
-    lines = physical_lines(text, max_line_chars, oversized)
+    flawed: list[tuple[int, RowError]] = []
+    lines = physical_lines(text, max_line_chars, flawed, report)
     if mode == "line":
         for number, line in enumerate(lines, 1):
-            if oversized and oversized[-1] == number:
-                yield number, _too_long(max_line_chars)
+            if flawed:
+                yield flawed.pop()
                 continue
             line = line.rstrip("\r\n")
             if line.strip():
@@ -685,25 +798,27 @@ def read_text(text: io.TextIOBase, mode: str, max_line_chars: int) -> Iterator[t
     paragraph: list[str] = []
     start = 0
     size = 0
-    too_long = False
+    refusal: tuple[int, RowError] | None = None  # the paragraph's first flawed line
     for number, line in enumerate(lines, 1):
-        if oversized and oversized[-1] == number:
+        if flawed:
             start = start or number
-            too_long = True
+            refusal = refusal or flawed[0]
+            flawed.clear()
             continue
         line = line.rstrip("\r\n")
         if line.strip():
             start = start or number
-            if not too_long:
+            if refusal is None:
                 paragraph.append(line)
                 size += len(line) + 1
-                too_long = size > max_line_chars
+                if size > max_line_chars:
+                    refusal = (start, _too_long_paragraph(max_line_chars))
             continue
         if start:
-            yield start, (_too_long_paragraph(max_line_chars) if too_long else "\n".join(paragraph))
-        paragraph, start, size, too_long = [], 0, 0, False
+            yield refusal or (start, "\n".join(paragraph))
+        paragraph, start, size, refusal = [], 0, 0, None
     if start:
-        yield start, (_too_long_paragraph(max_line_chars) if too_long else "\n".join(paragraph))
+        yield refusal or (start, "\n".join(paragraph))
 
 
 def _too_long_paragraph(max_chars: int) -> RowError:
@@ -745,30 +860,26 @@ def open_records(
     if format == "auto" and ext_format and ext_format != detected:
         found = detected.upper()
         notes.append(f"The file is named .{ext} but its content is {found}; it was read as {found}.")
-    token = _current_report.set(report)
     rows: Iterator
-    try:
-        if detected in ("csv", "tsv"):
-            delimiter = "\t" if detected == "tsv" else csv_delimiter(head)
-            if delimiter == ";":
-                notes.append("Columns are separated by semicolons.")
-            columns, rows = read_delimited(text, delimiter, max_line_chars)
-            kind = "table"
-        elif detected == "jsonl":
-            columns, rows = _peek_keys(read_jsonl(text, max_line_chars))
-            kind = "objects"
-        elif detected == "json":
-            columns, rows = _peek_keys(read_json_list(text, max_line_chars))
-            kind = "objects"
-        else:
-            columns, rows, kind = [], read_text(text, txt_mode, max_line_chars), "text"
-    finally:
-        _current_report.reset(token)
+    if detected in ("csv", "tsv"):
+        delimiter = "\t" if detected == "tsv" else csv_delimiter(head)
+        if delimiter == ";":
+            notes.append("Columns are separated by semicolons.")
+        columns, rows = read_delimited(text, delimiter, max_line_chars, report)
+        kind = "table"
+    elif detected == "jsonl":
+        columns, rows = _peek_keys(read_jsonl(text, max_line_chars, report))
+        kind = "objects"
+    elif detected == "json":
+        columns, rows = _peek_keys(read_json_list(text, max_line_chars, report, notes))
+        kind = "objects"
+    else:
+        columns, rows, kind = [], read_text(text, txt_mode, max_line_chars, report), "text"
     return Records(
         format=detected,
         kind=kind,
         columns=columns,
-        rows=_with_report(rows, report),
+        rows=_read_errors_as_messages(rows),
         encoding=encoding,
         compressed=compressed,
         notes=notes,
@@ -776,9 +887,8 @@ def open_records(
     )
 
 
-def _with_report(rows: Iterator, report: DecodingReport) -> Iterator:
-    """Run the row iterator with this file's decoding report current, and turn read errors into messages."""
-    token = _current_report.set(report)
+def _read_errors_as_messages(rows: Iterator) -> Iterator:
+    """The rows, with what goes wrong reading the file further on turned into a message for its owner."""
     try:
         yield from rows
     except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
@@ -788,8 +898,6 @@ def _with_report(rows: Iterator, report: DecodingReport) -> Iterator:
             f"The file is not valid {exc.encoding.upper()} text ({exc.reason}). "
             "Save it as UTF-8 and upload it again."
         ) from None
-    finally:
-        _current_report.reset(token)
 
 
 def _peek_keys(rows: Iterator[tuple[int, Any]]) -> tuple[list[str], Iterator]:

@@ -214,6 +214,13 @@ CASES = [
         check=_text_of_first_sample("Café"),
     ),
     Case(
+        "utf8-then-a-windows-1252-byte",
+        "data.csv",
+        lambda: "question,answer\nWhat is naïve?,Yes\n".encode() + b"Caf\xe9?,Oui\nWhy?,Because\n",
+        READY,
+        check=_rejected(3, "not valid UTF-8 (byte 0xe9 at column 4)"),
+    ),
+    Case(
         "mixed-newlines",
         "data.txt",
         lambda: b"one\r\ntwo\nthree\rfour\r\n\r\nfive",
@@ -248,6 +255,20 @@ CASES = [
         lambda: b'{\n  "a": 1,\n  "b": {"c": 2}\n}',
         REFUSED,
         "list of objects",
+    ),
+    Case(
+        "json-one-object-on-one-line",
+        "data.json",
+        lambda: b'{"not": "a list"}',
+        REFUSED,
+        "one JSON object, not a list of records: its keys are &quot;not&quot;",
+    ),
+    Case(
+        "json-list-in-a-data-wrapper",
+        "data.json",
+        lambda: b'{"data": [{"text": "a"}, {"text": "b"}]}',
+        READY,
+        check=_samples(2),
     ),
     Case(
         "json-integer-of-4301-digits",

@@ -165,27 +165,87 @@ def test_utf16_with_bom_both_byte_orders():
         assert texts(prepared) == ["name: Māori\nvalue: 1"]
 
 
-def test_cp1252_file_is_read_with_a_fallback_that_is_reported():
+def test_a_file_that_is_not_utf8_from_the_start_is_read_as_cp1252_and_says_why():
     data = "name,city\r\nRené,Zürich\r\nJosé,São Paulo – SP\r\n".encode("cp1252")
 
     prepared = run(data, "legacy.csv")
 
     assert prepared.stats["encoding"] == "cp1252"
-    assert "Windows-1252" in prepared.stats["encoding_note"]
+    assert prepared.stats["encoding_note"].startswith(
+        "Read as Windows-1252: the file is not UTF-8 (first bad byte on line 2)."
+    )
     assert texts(prepared) == ["name: René\ncity: Zürich", "name: José\ncity: São Paulo – SP"]
 
 
-def test_a_stray_legacy_byte_far_into_a_utf8_file_is_read_as_cp1252_and_reported():
-    rows = [f"row {i} ü".encode() for i in range(20_000)]
-    rows.append(b"caf\xe9")
-    data = b"text\n" + b"\n".join(rows) + b"\n"
+def _utf8_with_a_bad_byte(header: str, line: str, rows: int) -> bytes:
+    """A UTF-8 file (past the sniffed head) with one Windows-1252 é on line `rows + 2`."""
+    good = [line.format(i=i).encode() for i in range(rows)]
+    bad = line.format(i=rows).encode().replace("ü".encode(), b"caf\xe9")
+    last = line.format(i="last").encode()
+    return (header + "\n").encode() + b"\n".join([*good, bad, last]) + b"\n"
 
-    prepared = run(data, "mixed.csv")
+
+@pytest.mark.parametrize(
+    ("filename", "header", "line"),
+    [
+        ("mixed.csv", "text", "row {i} ü"),
+        ("mixed.tsv", "text\tn", "row {i} ü\t1"),
+        ("mixed.jsonl", "", '{{"text": "row {i} ü"}}'),
+        ("mixed.txt", "", "row {i} ü"),
+    ],
+)
+def test_a_utf8_file_with_a_bad_byte_later_keeps_utf8_and_rejects_that_line(filename, header, line):
+    column = line.format(i=20_000).index("ü") + 4  # "caf" took the ü's place, then the é
+    data = _utf8_with_a_bad_byte(header, line, 20_000)
+    bad_line = 20_001 + (1 if header else 0)
+    if not header:
+        data = data[1:]  # no header line: the file starts with the first row
+
+    prepared = run(data, filename)
 
     assert prepared.stats["encoding"] == "utf-8"
-    assert "1 byte" in prepared.stats["encoding_note"]
-    assert texts(prepared)[-1] == "café"
-    assert texts(prepared)[0] == "row 0 ü"
+    assert prepared.stats["rejected"] == 1
+    assert prepared.stats["rejected_examples"] == [
+        {"line": bad_line, "reason": f"not valid UTF-8 (byte 0xe9 at column {column})"}
+    ]
+    assert "1 line is not valid UTF-8" in prepared.stats["encoding_note"]
+    assert "row 0 ü" in texts(prepared)[0]
+    assert "row last ü" in texts(prepared)[-1]
+    assert len(prepared.samples) == 20_001
+
+
+def test_a_bad_byte_early_in_a_file_that_began_as_utf8_does_not_turn_it_into_cp1252():
+    data = "name,city\nMāori,Ōtautahi\n".encode() + b"Jos\xe9,Paris\n" + "Ann,Zürich\n".encode()
+
+    prepared = run(data, "early.csv")
+
+    assert prepared.stats["encoding"] == "utf-8"
+    assert texts(prepared) == ["name: Māori\ncity: Ōtautahi", "name: Ann\ncity: Zürich"]
+    assert prepared.stats["rejected_examples"] == [
+        {"line": 3, "reason": "not valid UTF-8 (byte 0xe9 at column 4)"}
+    ]
+
+
+def test_a_bad_byte_in_a_paragraph_rejects_that_paragraph_with_the_bad_line():
+    data = "Māori\nfirst\n\nsecond\n".encode() + b"caf\xe9\n\nthird\n"
+
+    prepared = run(data, "notes.txt", txt_mode="paragraph")
+
+    assert texts(prepared) == ["Māori\nfirst", "third"]
+    assert prepared.stats["rejected_examples"] == [
+        {"line": 5, "reason": "not valid UTF-8 (byte 0xe9 at column 4)"}
+    ]
+
+
+def test_a_bad_byte_in_a_json_list_rejects_that_element_with_its_line():
+    data = '[\n{"text": "Māori"},\n{"text": "caf'.encode() + b'\xe9"},\n{"text": "ok"}\n]'
+
+    prepared = run(data, "list.json")
+
+    assert texts(prepared) == ["Māori", "ok"]
+    assert prepared.stats["rejected_examples"] == [
+        {"line": 3, "reason": "not valid UTF-8 (byte 0xe9 at column 14)"}
+    ]
 
 
 # --- JSON, JSONL, text ----------------------------------------------------------------
@@ -272,9 +332,10 @@ def test_json_list_is_streamed_with_element_line_numbers():
     assert prepared.preview[1]["line"] == 5
 
 
-def test_json_list_is_read_lazily_not_whole():
+@pytest.mark.parametrize(("opening", "closing"), [("[", "]"), ('{"data": [', "]}")])
+def test_json_list_is_read_lazily_not_whole(opening, closing):
     element = json.dumps({"text": "x" * 100}) + ",\n"
-    data = ("[" + element * 200_000 + '{"text": "end"}]').encode()  # ~22 MB
+    data = (opening + element * 200_000 + '{"text": "end"}' + closing).encode()  # ~22 MB
 
     class CountingStream(io.BytesIO):
         consumed = 0
@@ -291,10 +352,36 @@ def test_json_list_is_read_lazily_not_whole():
     assert CountingStream.consumed < 3 * 1024 * 1024
 
 
-def test_json_that_is_not_a_list_of_objects():
-    message = fails(b'{"rows": [{"text": "a"}]\n}', "data.json")
+@pytest.mark.parametrize("data", [b'{"not": "a list"}', b'{"not": "a list"}\n', b'{\n  "not": "a list"\n}\n'])
+def test_a_single_json_object_is_refused_naming_its_keys(data):
+    message = fails(data, "data.json")
 
+    assert message.startswith('The file holds one JSON object, not a list of records: its keys are "not"')
     assert "must be a list of objects" in message
+
+
+def test_a_json_object_with_two_lists_of_records_is_refused_naming_them():
+    message = fails(b'{"train": [{"text": "a"}], "test": [{"text": "b"}]}', "data.json")
+
+    assert message.startswith("The file holds one JSON object, not a list of records:")
+    assert '"train" and "test"' in message
+
+
+def test_the_list_inside_a_one_list_wrapper_is_read_and_the_key_named():
+    data = b'{"version": "1.0", "data": [\n{"text": "a"},\n{"text": "b"}\n], "count": 2}'
+
+    prepared = run(data, "wrapped.json")
+
+    assert texts(prepared) == ["a", "b"]
+    assert prepared.stats["format"] == "json"
+    assert prepared.stats["notes"] == ['The records were read from the list under "data".']
+    assert [sample["line"] for sample in prepared.preview] == [2, 3]
+
+
+def test_a_one_line_json_object_in_a_jsonl_file_is_still_one_record():
+    prepared = run(b'{"text": "only one"}\n', "data.jsonl")
+
+    assert texts(prepared) == ["only one"]
 
 
 def test_broken_json_list_names_line_and_column():
