@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, artifacts, lifecycle, polling, pricing
+from jobs import actions, artifacts, compare, lifecycle, polling, pricing
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -208,6 +208,22 @@ def job_list(request: HttpRequest) -> HttpResponse:
         return response
     has_datasets = ready_datasets(request.user).exists()
     return render(request, "jobs/list.html", {**context, "has_datasets": has_datasets})
+
+
+@login_required
+@require_safe
+def compare_jobs(request: HttpRequest) -> HttpResponse:
+    """2 to 4 of the user's jobs side by side (chosen with the checkboxes of the jobs list)."""
+    form = compare.CompareForm(request.GET)
+    if not form.is_valid():
+        context = {"error": form.errors["job"][0], "comparison": None}
+        return render(request, "jobs/compare.html", context, status=400)
+    jobs = compare.jobs_to_compare(TrainingJob.objects.filter(owner=request.user), form.cleaned_data["job"])
+    if jobs is None:
+        raise Http404("No such job")
+    now = timezone.now()
+    comparison = compare.compare([_annotate(job, now) for job in jobs])
+    return render(request, "jobs/compare.html", {"comparison": comparison, "series": comparison.series})
 
 
 # --- New job -------------------------------------------------------------------------------------

@@ -120,6 +120,8 @@ def test_the_datasets_and_jobs_pages_work_under_the_policy_with_no_violation(pag
     page.get_by_role("button", name="Generate").click()
     wait_until(page, lambda: PlaygroundRun.objects.filter(job=done).exists())
     page.get_by_text("Once upon a time").first.wait_for()
+    page.goto(f"/jobs/compare/?job={job.pk}&job={done.pk}")  # the vendored chart library, two jobs
+    page.locator("[data-compare-chart][data-series] canvas").wait_for()
     for path in ("/dashboard/", "/settings/", f"/jobs/{job.pk}/clone/", f"/jobs/{job.pk}/delete/"):
         page.goto(path)
         page.wait_for_load_state("load")

@@ -105,7 +105,8 @@ def test_train_the_scratch_model_on_an_uploaded_csv_and_watch_it(celery_worker_p
     assert len({p for p in percents if 0 < p < 100}) >= 2, [t for t in timeline if t[1] != "queued"]
     assert len({n for n in points if n > 0}) >= 2, timeline
     page.locator("[data-loss-chart][data-done=true]").wait_for()
-    assert page.locator("[data-loss-chart] polyline.train").count() == 1
+    assert page.locator("[data-loss-chart]").get_attribute("data-series").split() == ["train", "eval"]
+    assert page.locator("[data-loss-chart] canvas").count() == 1
     page.locator("#log-lines", has_text="Model saved").wait_for()
     assert page.locator("[data-action=download]").is_visible()
     assert "every 2s" not in (card.get_attribute("hx-trigger") or "")
