@@ -325,3 +325,38 @@ class PlaygroundRun(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in PLAYGROUND_FINAL_STATES
+
+
+class HubPushStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Pushing"
+    DONE = "done", "Pushed"
+    FAILED = "failed", "Failed"
+
+
+class HubPush(models.Model):
+    """A completed job's model pushed to a Hugging Face Hub repository with its owner's saved token."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="hub_pushes")
+    repo_name = models.CharField(max_length=200, help_text="As asked: NAME or NAMESPACE/NAME")
+    private = models.BooleanField(default=True)
+    status = models.CharField(max_length=10, choices=HubPushStatus.choices, default=HubPushStatus.QUEUED)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    repo_id = models.CharField(max_length=200, blank=True, help_text="NAMESPACE/NAME, once known")
+    url = models.URLField(max_length=500, blank=True)
+    commit_url = models.URLField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["job", "-created_at"]), models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return self.repo_id or self.repo_name
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (HubPushStatus.DONE, HubPushStatus.FAILED)
