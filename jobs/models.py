@@ -282,6 +282,12 @@ class PlaygroundStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class PlaygroundVote(models.TextChoices):
+    TUNED = "tuned", "Tuned model"
+    BASE = "base", "Base model"
+    TIE = "tie", "Tie"
+
+
 PLAYGROUND_FINAL_STATES = frozenset({PlaygroundStatus.DONE, PlaygroundStatus.FAILED})
 
 
@@ -304,6 +310,12 @@ class PlaygroundRun(models.Model):
     notes = models.TextField(blank=True, help_text="Adjustments made to the request, e.g. a cut prompt")
     error = models.TextField(blank=True)
 
+    # Blind mode: the answers are shown as A and B, in an order drawn at submit, until the owner votes.
+    blind = models.BooleanField(default=False)
+    tuned_first = models.BooleanField(default=True, help_text="Blind: the tuned answer is A")
+    vote = models.CharField(max_length=5, choices=PlaygroundVote.choices, blank=True)
+    voted_at = models.DateTimeField(null=True, blank=True)
+
     # Timings, in seconds: loading (or finding in the worker's cache) both models, then each generation.
     load_seconds = models.FloatField(null=True, blank=True)
     tuned_seconds = models.FloatField(null=True, blank=True)
@@ -325,6 +337,27 @@ class PlaygroundRun(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in PLAYGROUND_FINAL_STATES
+
+    @property
+    def labels_hidden(self) -> bool:
+        """A blind run keeps which answer is which to itself until its owner has voted."""
+        return self.blind and not self.vote
+
+    @property
+    def voted_letter(self) -> str:
+        """The letter the owner picked in a blind run ("" for a tie or no vote)."""
+        if self.vote == PlaygroundVote.TUNED:
+            return "A" if self.tuned_first else "B"
+        if self.vote == PlaygroundVote.BASE:
+            return "B" if self.tuned_first else "A"
+        return ""
+
+    @property
+    def blind_answers(self) -> list[tuple[str, str]]:
+        first, second = (self.tuned_output, self.base_output)
+        if not self.tuned_first:
+            first, second = second, first
+        return [("A", first), ("B", second)]
 
 
 class HubPushStatus(models.TextChoices):

@@ -23,4 +23,10 @@ urlpatterns = [
     path("<id:pk>/hub/push/", hub_views.push, name="hub_push"),
     path("<id:pk>/playground/", playground_views.playground_page, name="playground"),
     path("<id:pk>/playground/<id:run_pk>/", playground_views.playground_run, name="playground_run"),
+    path("<id:pk>/playground/<id:run_pk>/vote/", playground_views.vote, name="playground_vote"),
+    path(
+        "<id:pk>/playground/preferences.jsonl",
+        playground_views.preference_export,
+        name="playground_preferences",
+    ),
 ]

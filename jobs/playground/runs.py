@@ -8,9 +8,12 @@ here that imports torch, imported inside `run_generation` so the web process nev
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import secrets
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,10 +21,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from jobs import artifacts
-from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
+from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, PlaygroundVote, TrainingJob
 from jobs.playground.cache import MODEL_CACHE, model_folder
 from llmtuner import broker
 
@@ -122,7 +126,13 @@ def _prompts(count: int) -> str:
 
 
 def submit_prompt(
-    job: TrainingJob, *, prompt: str, max_new_tokens: int, temperature: float, top_p: float
+    job: TrainingJob,
+    *,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    blind: bool = False,
 ) -> PlaygroundRun:
     """Save the run as queued, then queue its generation once the row is committed."""
     reason = unavailable_reason(job)
@@ -143,10 +153,82 @@ def submit_prompt(
             top_p=top_p,
             base_label=base_label(job),
             celery_task_id=task_id,
+            blind=blind,
+            tuned_first=draw_tuned_first() if blind else True,
         )
         # With the broker down, the run waits queued and the stale-run reaper fails it visibly.
         broker.send_on_commit(tasks.run_playground, (run.pk,), task_id)
     return run
+
+
+# --- Blind votes ---------------------------------------------------------------------------
+
+
+class VoteRefused(Exception):
+    """The run cannot take this vote; the message says why."""
+
+
+BLIND_CHOICES = ("a", "b", "tie")
+
+
+def draw_tuned_first() -> bool:
+    """Which answer a blind run shows as A: a fair draw the owner cannot predict."""
+    return secrets.choice((True, False))
+
+
+def cast_vote(run: PlaygroundRun, choice: str) -> str:
+    """Record the owner's pick of a blind run ("a", "b" or "tie"); returns the vote kept (tuned/base/tie)."""
+    if not run.blind:
+        raise VoteRefused("Only blind prompts take a vote: both answers were labelled.")
+    if choice not in BLIND_CHOICES:
+        raise VoteRefused("Pick A, B or a tie.")
+    if choice == "tie":
+        vote = PlaygroundVote.TIE
+    else:
+        a_is_tuned = run.tuned_first
+        vote = PlaygroundVote.TUNED if (choice == "a") == a_is_tuned else PlaygroundVote.BASE
+    # One vote per run, however many requests arrive: the update only takes an unvoted, answered run.
+    updated = PlaygroundRun.objects.filter(
+        pk=run.pk, blind=True, status=PlaygroundStatus.DONE, vote=""
+    ).update(vote=vote, voted_at=timezone.now())
+    if not updated:
+        run.refresh_from_db(fields=["vote", "status"])
+        if run.vote:
+            raise VoteRefused("This prompt already has your vote.")
+        raise VoteRefused("Vote once both answers are there.")
+    return vote
+
+
+def vote_tally(job: TrainingJob) -> dict[str, int]:
+    """The blind votes of this job's playground: tuned, base, tie and total, in one query."""
+    counts = (
+        PlaygroundRun.objects.filter(job=job, blind=True)
+        .exclude(vote="")
+        .aggregate(
+            tuned=Count("pk", filter=Q(vote=PlaygroundVote.TUNED)),
+            base=Count("pk", filter=Q(vote=PlaygroundVote.BASE)),
+            tie=Count("pk", filter=Q(vote=PlaygroundVote.TIE)),
+            total=Count("pk"),
+        )
+    )
+    counts["win_rate"] = round(100 * counts["tuned"] / counts["total"]) if counts["total"] else None
+    return counts
+
+
+def preference_lines(job: TrainingJob) -> Iterator[str]:
+    """The decided blind votes as a preference dataset: one JSON line of prompt, chosen, rejected each."""
+    decided = (
+        PlaygroundRun.objects.filter(
+            job=job, blind=True, vote__in=(PlaygroundVote.TUNED, PlaygroundVote.BASE)
+        )
+        .order_by("voted_at", "pk")
+        .values_list("prompt", "tuned_output", "base_output", "vote")
+    )
+    for prompt, tuned, base, vote in decided.iterator():
+        chosen, rejected = (tuned, base) if vote == PlaygroundVote.TUNED else (base, tuned)
+        yield (
+            json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False) + "\n"
+        )
 
 
 # --- State changes (conditional updates: a repeated task never runs twice) ------------

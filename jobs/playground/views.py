@@ -7,9 +7,11 @@ import math
 from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods, require_safe
+from django.template.loader import render_to_string
+from django.utils.text import slugify
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from jobs.models import PlaygroundRun, TrainingJob
 from jobs.playground import runs
@@ -47,6 +49,12 @@ class PlaygroundForm(ShortRefusalsMixin, forms.Form):
         help_text="Above 0, up to 1; ignored when the temperature is 0",
         widget=forms.NumberInput(attrs={"min": 0.01, "max": 1, "step": 0.01}),
         error_messages={"required": "Top-p is required.", "invalid": "Top-p must be a number."},
+    )
+
+    blind = forms.BooleanField(
+        label="Blind",
+        required=False,
+        help_text="Show the answers as A and B in a random order until you pick the better one",
     )
 
     def __init__(self, *args, **kwargs) -> None:
@@ -93,7 +101,7 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
 
 
 def _get_run_for_user(request: HttpRequest, pk: int, run_pk: int) -> PlaygroundRun:
-    queryset = PlaygroundRun.objects.select_related("job")
+    queryset = PlaygroundRun.objects.select_related("job", "job__base_model")
     return get_object_or_404(queryset, pk=run_pk, job_id=pk, job__owner=request.user)
 
 
@@ -108,6 +116,7 @@ def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
         "scratch": runs.is_scratch(job),
         "base_id": runs.base_model_id(job),
         "chat": runs.is_chat(job),
+        "tally": runs.vote_tally(job),
     }
 
 
@@ -149,4 +158,42 @@ def playground_run(request: HttpRequest, pk: int, run_pk: int) -> HttpResponse:
     response = render(request, "jobs/playground.html#run", {"run": run})
     if run.is_final and request.htmx:
         response.status_code = STOP_POLLING
+    return response
+
+
+@login_required
+@require_POST
+def vote(request: HttpRequest, pk: int, run_pk: int) -> HttpResponse:
+    """The owner's pick of a blind run: A, B or a tie; the answers are then labelled."""
+    run = _get_run_for_user(request, pk, run_pk)
+    error = ""
+    try:
+        runs.cast_vote(run, request.POST.get("choice", ""))
+    except runs.VoteRefused as refused:
+        error = str(refused)
+    run.refresh_from_db()
+    if not request.htmx:
+        return redirect("jobs:playground", pk=pk)
+    response = render(request, "jobs/playground.html#run", {"run": run, "vote_error": error})
+    # The win rate above the runs follows the vote, swapped in out of band.
+    votes = {
+        "job": run.job,
+        "tally": runs.vote_tally(run.job),
+        "scratch": runs.is_scratch(run.job),
+        "oob": True,
+    }
+    response.write(render_to_string("jobs/_playground_votes.html", votes, request=request))
+    return response
+
+
+@login_required
+@require_safe
+def preference_export(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    """The decided blind votes as prompt/chosen/rejected JSONL, a file the datasets page accepts."""
+    job = _get_job_for_user(request, pk)
+    response = StreamingHttpResponse(
+        runs.preference_lines(job), content_type="application/x-ndjson; charset=utf-8"
+    )
+    name = slugify(job.name) or f"job-{job.pk}"
+    response["Content-Disposition"] = f'attachment; filename="{name}-preferences.jsonl"'
     return response
