@@ -310,6 +310,11 @@ class PlaygroundRun(models.Model):
     notes = models.TextField(blank=True, help_text="Adjustments made to the request, e.g. a cut prompt")
     error = models.TextField(blank=True)
 
+    # Another job of the same dataset answering in the base's place (its name kept if it is deleted).
+    rival_job = models.ForeignKey(
+        TrainingJob, on_delete=models.SET_NULL, null=True, blank=True, related_name="playground_rival_runs"
+    )
+    rival_name = models.CharField(max_length=200, blank=True)
     # Blind mode: the answers are shown as A and B, in an order drawn at submit, until the owner votes.
     blind = models.BooleanField(default=False)
     tuned_first = models.BooleanField(default=True, help_text="Blind: the tuned answer is A")

@@ -57,8 +57,22 @@ class PlaygroundForm(ShortRefusalsMixin, forms.Form):
         help_text="Show the answers as A and B in a random order until you pick the better one",
     )
 
-    def __init__(self, *args, **kwargs) -> None:
+    against = forms.TypedChoiceField(
+        label="Compare with",
+        coerce=int,
+        empty_value=None,
+        required=False,
+        help_text="The base model, or another of your completed jobs trained on the same dataset",
+    )
+
+    def __init__(self, *args, rivals=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.rivals = {job.pk: job for job in rivals}
+        self.fields["against"].choices = [("", "The base model")] + [
+            (job.pk, f"{job.name} (job {job.pk}, {job.base_model.name})") for job in rivals
+        ]
+        if not rivals:
+            del self.fields["against"]
         # The limit is read per form, not at import, so a changed setting applies at once.
         self.fields["prompt"].widget.attrs["maxlength"] = settings.PLAYGROUND_MAX_PROMPT_CHARS
 
@@ -87,6 +101,10 @@ class PlaygroundForm(ShortRefusalsMixin, forms.Form):
                 f"Temperature must be between 0 and {runs.MAX_TEMPERATURE:g} (0 means greedy)."
             )
         return value
+
+    def clean_against(self):
+        pk = self.cleaned_data.get("against")
+        return self.rivals.get(pk) if pk else None
 
     def clean_top_p(self) -> float:
         value = self.cleaned_data["top_p"]
@@ -124,13 +142,15 @@ def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
 @require_http_methods(["GET", "HEAD", "POST"])
 def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
+    rivals = list(runs.rival_jobs(job))
     if request.method != "POST":  # GET or HEAD: the page
-        return render(request, "jobs/playground.html", _context(job, PlaygroundForm()))
-    form = PlaygroundForm(request.POST)
+        return render(request, "jobs/playground.html", _context(job, PlaygroundForm(rivals=rivals)))
+    form = PlaygroundForm(request.POST, rivals=rivals)
     status, retry_after = 400, None
     if form.is_valid():
         try:
-            runs.submit_prompt(job, **form.cleaned_data)
+            data = dict(form.cleaned_data)
+            runs.submit_prompt(job, rival=data.pop("against", None), **data)
         except runs.PlaygroundUnavailable as error:
             form.add_error(None, str(error))
         except runs.TooManyPrompts as error:
@@ -140,7 +160,8 @@ def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
             if not request.htmx:
                 return redirect("jobs:playground", pk=job.pk)
             # The same settings stay in the box, ready for the next try.
-            form = PlaygroundForm(initial=form.cleaned_data)
+            initial = {**form.cleaned_data, "against": getattr(form.cleaned_data.get("against"), "pk", None)}
+            form = PlaygroundForm(initial=initial, rivals=rivals)
             return render(request, "jobs/playground.html#playground", _context(job, form))
     if request.htmx:  # htmx 2 swaps only 2xx responses
         return render(request, "jobs/playground.html#playground", _context(job, form))

@@ -144,8 +144,8 @@ def test_the_page_shows_the_tuned_models_win_rate(owner_client, done_job):
     page = owner_client.get(f"/jobs/{done_job.pk}/playground/").content.decode()
 
     assert 'data-win-rate="50"' in page
-    assert "The tuned model won <strong>2 of 4</strong> (50 %)" in page
-    assert "won 1, and 1 was a tie" in page
+    assert "this job's model won\n    <strong>2 of 4</strong> (50 %)" in page
+    assert "the baseline won 1, and 1 was a tie" in page
 
 
 def test_the_votes_export_as_prompt_chosen_rejected_lines_without_the_ties(owner_client, done_job):
@@ -198,3 +198,109 @@ def test_a_blind_prompt_draws_its_order_and_says_so(
         (True, False),
         (True, True),
     ]
+
+
+# --- Two jobs of one dataset, compared -----------------------------------------------------------
+
+
+def test_the_form_offers_only_the_owners_completed_jobs_of_the_same_dataset(
+    owner_client, owner, outsider, done_job
+):
+    same = completed(make_job(owner, done_job.dataset, name="Same data, other settings"))
+    make_job(owner, done_job.dataset, name="Still training")
+    completed(make_job(owner, name="Other data"))
+    completed(make_job(outsider, name="Not yours"))
+
+    page = owner_client.get(f"/jobs/{done_job.pk}/playground/").content.decode()
+
+    assert f'<option value="{same.pk}">Same data, other settings (job {same.pk}' in page
+    for name in ("Still training", "Other data", "Not yours"):
+        assert name not in page
+
+
+def test_a_prompt_against_another_job_names_it_and_a_job_outside_the_choice_is_refused(
+    owner_client, owner, outsider, done_job, monkeypatch
+):
+    from jobs import tasks
+
+    monkeypatch.setattr(tasks.run_playground, "apply_async", lambda *a, **k: None)
+    same = completed(make_job(owner, done_job.dataset, name="Rival"))
+    theirs = completed(make_job(outsider, name="Not yours"))
+    form = {"prompt": "Hello", "max_new_tokens": 8, "temperature": 0, "top_p": 1, "blind": "on"}
+
+    owner_client.post(f"/jobs/{done_job.pk}/playground/", {**form, "against": same.pk}, headers=HTMX)
+    refused = owner_client.post(
+        f"/jobs/{done_job.pk}/playground/", {**form, "against": theirs.pk}, headers=HTMX
+    )
+
+    run = PlaygroundRun.objects.get()
+    assert (run.rival_job_id, run.rival_name, run.base_label) == (same.pk, "Rival", f"Rival (job {same.pk})")
+    assert "Select a valid choice" in refused.content.decode()
+
+
+def test_each_job_counts_its_wins_on_either_side_of_a_pair(owner, done_job):
+    rival = completed(make_job(owner, done_job.dataset, name="Rival"))
+
+    def pair(job, other, choice, tuned_first=True):
+        run = answered(job, tuned_first=tuned_first)
+        PlaygroundRun.objects.filter(pk=run.pk).update(rival_job=other, rival_name=other.name)
+        run.refresh_from_db()
+        runs.cast_vote(run, choice)
+
+    pair(done_job, rival, "a")  # done_job wins
+    pair(done_job, rival, "b")  # rival wins
+    pair(rival, done_job, "b")  # asked from the rival's page: done_job (the B side) wins
+    pair(rival, done_job, "tie")
+    runs.cast_vote(answered(done_job, tuned_first=True), "a")  # against the base: not a job vote
+
+    first, second = runs.vote_tally(done_job), runs.vote_tally(rival)
+
+    assert first["vs_jobs"] == {"wins": 2, "losses": 1, "ties": 1, "total": 4, "win_rate": 50}
+    assert second["vs_jobs"] == {"wins": 1, "losses": 2, "ties": 1, "total": 4, "win_rate": 25}
+    assert first["vs_base"]["total"] == 1 and second["vs_base"]["total"] == 0
+
+
+def test_a_prompt_whose_rival_job_was_deleted_fails_saying_so(owner, done_job):
+    rival = completed(make_job(owner, done_job.dataset, name="Gone soon"))
+    run = PlaygroundRun.objects.create(
+        job=done_job,
+        prompt="Hi",
+        max_new_tokens=4,
+        temperature=0,
+        top_p=1,
+        rival_job=rival,
+        rival_name=rival.name,
+    )
+    rival.delete()
+
+    runs.run_generation(run.pk)
+
+    run.refresh_from_db()
+    assert run.status == PlaygroundStatus.FAILED
+    assert run.error == "“Gone soon”, the job this prompt was to compare with, was deleted."
+
+
+def test_two_jobs_tuned_models_answer_the_same_prompt(owner, tmp_path, settings):
+    from jobs.playground.cache import MODEL_CACHE
+    from jobs.tests.test_playground_generation import store_as_tuned_model, tiny_pretrained
+
+    settings.PLAYGROUND_CACHE_DIR = tmp_path / "model-cache"
+    MODEL_CACHE.clear()
+    fox = store_as_tuned_model(
+        make_job(owner, name="Fox"), tiny_pretrained(tmp_path / "fox", always_says=" fox")
+    )
+    dog = store_as_tuned_model(
+        make_job(owner, fox.dataset, name="Dog"), tiny_pretrained(tmp_path / "dog", always_says=" dog")
+    )
+    run = runs.submit_prompt(
+        fox, prompt="The quick brown", max_new_tokens=3, temperature=0, top_p=1, rival=dog
+    )
+
+    runs.run_generation(run.pk)
+
+    run.refresh_from_db()
+    MODEL_CACHE.clear()
+    assert run.status == PlaygroundStatus.DONE, run.error
+    assert run.tuned_output.split() == ["fox", "fox", "fox"]
+    assert run.base_output.split() == ["dog", "dog", "dog"]
+    assert run.base_label == f"Dog (job {dog.pk})"
