@@ -4,6 +4,9 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
+
+from accounts import secrets
 
 
 def default_monthly_budget() -> Decimal:
@@ -47,3 +50,25 @@ def dataset_storage_quota_bytes(user_id: int) -> int:
     """The user's dataset storage quota, read without making a profile (workers call it too)."""
     profile = Profile.objects.filter(user_id=user_id).only("dataset_storage_quota_mb").first()
     return (profile or Profile()).dataset_storage_quota_bytes
+
+
+class HubToken(models.Model):
+    """A user's Hugging Face write token, encrypted (accounts/secrets.py); never shown once saved."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="hub_token")
+    encrypted = models.TextField(editable=False)
+    saved_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    def __str__(self) -> str:
+        return f"Hub token of {self.user}"  # never the token
+
+    def reveal(self) -> str:
+        """The token itself, for the worker that pushes; raises secrets.UnreadableSecret."""
+        return secrets.decrypt(self.encrypted)
+
+
+def save_hub_token(user, token: str) -> HubToken:
+    hub_token, _ = HubToken.objects.update_or_create(
+        user=user, defaults={"encrypted": secrets.encrypt(token), "saved_at": timezone.now()}
+    )
+    return hub_token

@@ -202,6 +202,9 @@ def resolve_auto(kind: str, columns: Sequence[str]) -> Mapping:
     completion = _column_named(columns, "completion")
     if prompt and completion:
         return Mapping(PROMPT_COMPLETION, prompt=prompt, completion=completion)
+    chosen = _column_named(columns, "chosen")
+    if prompt and chosen:  # a preference dataset (prompt, chosen, rejected): train on the chosen answers
+        return Mapping(PROMPT_COMPLETION, prompt=prompt, completion=chosen)
     text = _column_named(columns, "text")
     if text:
         return Mapping(TEXT, column=text)

@@ -282,6 +282,12 @@ class PlaygroundStatus(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class PlaygroundVote(models.TextChoices):
+    TUNED = "tuned", "Tuned model"
+    BASE = "base", "Base model"
+    TIE = "tie", "Tie"
+
+
 PLAYGROUND_FINAL_STATES = frozenset({PlaygroundStatus.DONE, PlaygroundStatus.FAILED})
 
 
@@ -304,6 +310,17 @@ class PlaygroundRun(models.Model):
     notes = models.TextField(blank=True, help_text="Adjustments made to the request, e.g. a cut prompt")
     error = models.TextField(blank=True)
 
+    # Another job of the same dataset answering in the base's place (its name kept if it is deleted).
+    rival_job = models.ForeignKey(
+        TrainingJob, on_delete=models.SET_NULL, null=True, blank=True, related_name="playground_rival_runs"
+    )
+    rival_name = models.CharField(max_length=200, blank=True)
+    # Blind mode: the answers are shown as A and B, in an order drawn at submit, until the owner votes.
+    blind = models.BooleanField(default=False)
+    tuned_first = models.BooleanField(default=True, help_text="Blind: the tuned answer is A")
+    vote = models.CharField(max_length=5, choices=PlaygroundVote.choices, blank=True)
+    voted_at = models.DateTimeField(null=True, blank=True)
+
     # Timings, in seconds: loading (or finding in the worker's cache) both models, then each generation.
     load_seconds = models.FloatField(null=True, blank=True)
     tuned_seconds = models.FloatField(null=True, blank=True)
@@ -325,3 +342,59 @@ class PlaygroundRun(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in PLAYGROUND_FINAL_STATES
+
+    @property
+    def labels_hidden(self) -> bool:
+        """A blind run keeps which answer is which to itself until its owner has voted."""
+        return self.blind and not self.vote
+
+    @property
+    def voted_letter(self) -> str:
+        """The letter the owner picked in a blind run ("" for a tie or no vote)."""
+        if self.vote == PlaygroundVote.TUNED:
+            return "A" if self.tuned_first else "B"
+        if self.vote == PlaygroundVote.BASE:
+            return "B" if self.tuned_first else "A"
+        return ""
+
+    @property
+    def blind_answers(self) -> list[tuple[str, str]]:
+        first, second = (self.tuned_output, self.base_output)
+        if not self.tuned_first:
+            first, second = second, first
+        return [("A", first), ("B", second)]
+
+
+class HubPushStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Pushing"
+    DONE = "done", "Pushed"
+    FAILED = "failed", "Failed"
+
+
+class HubPush(models.Model):
+    """A completed job's model pushed to a Hugging Face Hub repository with its owner's saved token."""
+
+    job = models.ForeignKey(TrainingJob, on_delete=models.CASCADE, related_name="hub_pushes")
+    repo_name = models.CharField(max_length=200, help_text="As asked: NAME or NAMESPACE/NAME")
+    private = models.BooleanField(default=True)
+    status = models.CharField(max_length=10, choices=HubPushStatus.choices, default=HubPushStatus.QUEUED)
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    repo_id = models.CharField(max_length=200, blank=True, help_text="NAMESPACE/NAME, once known")
+    url = models.URLField(max_length=500, blank=True)
+    commit_url = models.URLField(max_length=500, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["job", "-created_at"]), models.Index(fields=["status"])]
+
+    def __str__(self) -> str:
+        return self.repo_id or self.repo_name
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in (HubPushStatus.DONE, HubPushStatus.FAILED)

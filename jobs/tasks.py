@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from jobs import backends, lifecycle, notifications
+from jobs import backends, hub_push, lifecycle, notifications
 from jobs.backends import local, sagemaker
 from jobs.playground import runs as playground
 
@@ -69,3 +69,17 @@ def stop_sagemaker_job(self, job_id: int) -> None:
             sagemaker.give_up_stop(job_id, error)
             return
         raise self.retry(exc=error, countdown=sagemaker.retry_delay(self.request.retries)) from error
+
+
+@shared_task(
+    ignore_result=True,
+    soft_time_limit=settings.HUB_PUSH_TIME_LIMIT_SECONDS,
+    time_limit=settings.HUB_PUSH_TIME_LIMIT_SECONDS + 60,
+)
+def push_to_hub(push_id: int) -> None:
+    hub_push.run_push(push_id)
+
+
+@shared_task(ignore_result=True)
+def fail_stale_hub_pushes() -> None:
+    hub_push.fail_stale_pushes()

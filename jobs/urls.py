@@ -1,6 +1,6 @@
 from django.urls import path
 
-from jobs import views
+from jobs import hub_views, views
 from jobs.playground import views as playground_views
 from llmtuner import converters  # noqa: F401  (registers <id:...>)
 
@@ -20,6 +20,14 @@ urlpatterns = [
     path("<id:pk>/clone/", views.clone, name="clone"),
     path("<id:pk>/delete/", views.delete, name="delete"),
     path("<id:pk>/download/", views.download, name="download"),
+    path("<id:pk>/hub/", hub_views.hub_section, name="hub"),
+    path("<id:pk>/hub/push/", hub_views.push, name="hub_push"),
     path("<id:pk>/playground/", playground_views.playground_page, name="playground"),
     path("<id:pk>/playground/<id:run_pk>/", playground_views.playground_run, name="playground_run"),
+    path("<id:pk>/playground/<id:run_pk>/vote/", playground_views.vote, name="playground_vote"),
+    path(
+        "<id:pk>/playground/preferences.jsonl",
+        playground_views.preference_export,
+        name="playground_preferences",
+    ),
 ]

@@ -7,6 +7,7 @@ the variables for production.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from pathlib import Path
@@ -81,6 +82,22 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = "django-insecure-embedded-default-only-never-use-this-in-production"
+
+# Fernet keys (comma-separated, the first encrypts) for users' Hugging Face tokens; unset: one derived
+# from SECRET_KEY (accounts/secrets.py).
+HUB_TOKEN_ENCRYPTION_KEYS = env_list("HUB_TOKEN_ENCRYPTION_KEYS")
+for _key in HUB_TOKEN_ENCRYPTION_KEYS:
+    try:
+        if len(base64.urlsafe_b64decode(_key.encode())) != 32:
+            raise ValueError
+    except ValueError:
+        raise ImproperlyConfigured(
+            "HUB_TOKEN_ENCRYPTION_KEYS: each key must be a Fernet key (32 url-safe base64-encoded "
+            "bytes; make one with: python -c 'from cryptography.fernet import Fernet; "
+            "print(Fernet.generate_key().decode())')"
+        ) from None
+# Where pushes to the Hugging Face Hub go (a mirror or a stand-in can be set here).
+HF_ENDPOINT = env_str("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
 
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "127.0.0.1,localhost" if DEBUG else "")
 if not DEBUG and not ALLOWED_HOSTS:
@@ -354,6 +371,7 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_ROUTES = {
     "jobs.tasks.run_local_job": {"queue": "training"},
     "jobs.tasks.run_playground": {"queue": "playground"},
+    "jobs.tasks.push_to_hub": {"queue": "exports"},
 }
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = False  # a lost training run is reaped, not replayed
@@ -371,6 +389,7 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     "worker-heartbeat": {"task": "llmtuner.health.worker_heartbeat", "schedule": 60.0},
     "reap-stale-jobs": {"task": "jobs.tasks.reap_stale_jobs", "schedule": 30.0},
     "fail-stale-playground-runs": {"task": "jobs.tasks.fail_stale_playground_runs", "schedule": 60.0},
+    "fail-stale-hub-pushes": {"task": "jobs.tasks.fail_stale_hub_pushes", "schedule": 300.0},
 }
 # A local job whose worker has not written a heartbeat for this long is failed.
 LOCAL_JOB_HEARTBEAT_TIMEOUT = env_int("LOCAL_JOB_HEARTBEAT_TIMEOUT", 60, 10)
@@ -392,6 +411,8 @@ PLAYGROUND_CACHE_MODELS = env_int("PLAYGROUND_CACHE_MODELS", 2, 1)
 PLAYGROUND_CACHE_DIR = Path(env_str("PLAYGROUND_CACHE_DIR", str(VAR_DIR / "model-cache")))
 # One generation (both models, loading included) is stopped after this long.
 PLAYGROUND_TIME_LIMIT_SECONDS = env_int("PLAYGROUND_TIME_LIMIT_SECONDS", 600, 30)
+# A push of a tuned model to the Hugging Face Hub is stopped after this (a 7B model is about 15 GB).
+HUB_PUSH_TIME_LIMIT_SECONDS = env_int("HUB_PUSH_TIME_LIMIT_SECONDS", 4 * 3600, 60)
 # One person's prompts must not hold up everyone's: each user may have this many prompts
 # waiting or generating at once, and send this many a minute; a prompt is at most this long.
 PLAYGROUND_RUNS_IN_FLIGHT = env_int("PLAYGROUND_RUNS_IN_FLIGHT", 3, 1)

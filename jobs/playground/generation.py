@@ -38,6 +38,16 @@ class GenerationError(Exception):
 
 
 @dataclass(frozen=True)
+class Rival:
+    """Another job's tuned model, answering in the base's place (two jobs of one dataset compared)."""
+
+    key: str
+    folder: Callable[[], Path]
+    base: str
+    label: str
+
+
+@dataclass(frozen=True)
 class Request:
     prompt: str
     max_new_tokens: int
@@ -104,8 +114,10 @@ def compare(
     request: Request,
     outcome: Outcome,
     cache,
+    rival: Rival | None = None,
 ) -> Outcome:
-    """Answer `request` with the tuned model, then with the base (or the untrained baseline).
+    """Answer `request` with the tuned model, then with the base (or the untrained baseline), or
+    with another job's tuned model when `rival` is given.
 
     `cache` is a `jobs.playground.cache.ModelCache`; `tuned_folder` fetches the tuned model's
     files only when a load needs them.
@@ -122,6 +134,15 @@ def compare(
     tuned, _ = cache.get_or_load(tuned_key, lambda: load_tuned(get_folder(), base))
     outcome.add_load_time(time.perf_counter() - started)
     outcome.tuned_output, outcome.tuned_tokens, outcome.tuned_seconds = generate(tuned, request, outcome)
+
+    if rival is not None:
+        del tuned
+        started = time.perf_counter()
+        other, _ = cache.get_or_load(rival.key, lambda: load_tuned(rival.folder(), rival.base))
+        outcome.add_load_time(time.perf_counter() - started)
+        outcome.base_label = rival.label
+        outcome.base_output, outcome.base_tokens, outcome.base_seconds = generate(other, request, outcome)
+        return outcome
 
     if tuned.is_adapter:
         # A LoRA adapter saved apart: the base answer is the same model with the adapter off.

@@ -8,9 +8,12 @@ here that imports torch, imported inside `run_generation` so the web process nev
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import secrets
 import uuid
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -18,10 +21,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from jobs import artifacts
-from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, TrainingJob
+from jobs.models import JobStatus, PlaygroundRun, PlaygroundStatus, PlaygroundVote, TrainingJob
 from jobs.playground.cache import MODEL_CACHE, model_folder
 from llmtuner import broker
 
@@ -83,6 +87,32 @@ def base_label(job: TrainingJob) -> str:
     return f"Base model ({base_model_id(job)})"
 
 
+def rival_label(rival: TrainingJob) -> str:
+    return f"{rival.name} (job {rival.pk})"
+
+
+def rival_jobs(job: TrainingJob):
+    """The owner's other completed jobs of the same dataset: what this job can be compared with."""
+    if job.dataset_id is None:
+        return TrainingJob.objects.none()
+    return (
+        TrainingJob.objects.filter(
+            owner_id=job.owner_id, dataset_id=job.dataset_id, status=JobStatus.COMPLETED
+        )
+        .exclude(pk=job.pk)
+        .select_related("base_model")
+        .order_by("-created_at")
+    )
+
+
+def rival_unavailable_reason(job: TrainingJob, rival: TrainingJob) -> str | None:
+    if rival.pk == job.pk or rival.owner_id != job.owner_id or rival.dataset_id != job.dataset_id:
+        return "A job can be compared only with another of your jobs trained on the same dataset."
+    if rival.status != JobStatus.COMPLETED:
+        return f"“{rival.name}” has not completed: it has no tuned model to answer with."
+    return None
+
+
 def is_chat(job: TrainingJob) -> bool:
     dataset = job.dataset
     return bool(dataset and (dataset.stats or {}).get("shape") == "messages")
@@ -122,12 +152,26 @@ def _prompts(count: int) -> str:
 
 
 def submit_prompt(
-    job: TrainingJob, *, prompt: str, max_new_tokens: int, temperature: float, top_p: float
+    job: TrainingJob,
+    *,
+    prompt: str,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    blind: bool = False,
+    rival: TrainingJob | None = None,
 ) -> PlaygroundRun:
-    """Save the run as queued, then queue its generation once the row is committed."""
+    """Save the run as queued, then queue its generation once the row is committed.
+
+    With `rival`, another completed job of the same dataset answers in the base's place.
+    """
     reason = unavailable_reason(job)
     if reason:
         raise PlaygroundUnavailable(reason)
+    if rival is not None:
+        rival_refusal = rival_unavailable_reason(job, rival)
+        if rival_refusal:
+            raise PlaygroundUnavailable(rival_refusal)
     from jobs import tasks
 
     task_id = str(uuid.uuid4())
@@ -141,12 +185,95 @@ def submit_prompt(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
             top_p=top_p,
-            base_label=base_label(job),
+            base_label=rival_label(rival) if rival else base_label(job),
             celery_task_id=task_id,
+            rival_job=rival,
+            rival_name=rival.name[:200] if rival else "",
+            blind=blind,
+            tuned_first=draw_tuned_first() if blind else True,
         )
         # With the broker down, the run waits queued and the stale-run reaper fails it visibly.
         broker.send_on_commit(tasks.run_playground, (run.pk,), task_id)
     return run
+
+
+# --- Blind votes ---------------------------------------------------------------------------
+
+
+class VoteRefused(Exception):
+    """The run cannot take this vote; the message says why."""
+
+
+BLIND_CHOICES = ("a", "b", "tie")
+
+
+def draw_tuned_first() -> bool:
+    """Which answer a blind run shows as A: a fair draw the owner cannot predict."""
+    return secrets.choice((True, False))
+
+
+def cast_vote(run: PlaygroundRun, choice: str) -> str:
+    """Record the owner's pick of a blind run ("a", "b" or "tie"); returns the vote kept (tuned/base/tie)."""
+    if not run.blind:
+        raise VoteRefused("Only blind prompts take a vote: both answers were labelled.")
+    if choice not in BLIND_CHOICES:
+        raise VoteRefused("Pick A, B or a tie.")
+    if choice == "tie":
+        vote = PlaygroundVote.TIE
+    else:
+        a_is_tuned = run.tuned_first
+        vote = PlaygroundVote.TUNED if (choice == "a") == a_is_tuned else PlaygroundVote.BASE
+    # One vote per run, however many requests arrive: the update only takes an unvoted, answered run.
+    updated = PlaygroundRun.objects.filter(
+        pk=run.pk, blind=True, status=PlaygroundStatus.DONE, vote=""
+    ).update(vote=vote, voted_at=timezone.now())
+    if not updated:
+        run.refresh_from_db(fields=["vote", "status"])
+        if run.vote:
+            raise VoteRefused("This prompt already has your vote.")
+        raise VoteRefused("Vote once both answers are there.")
+    return vote
+
+
+def vote_tally(job: TrainingJob) -> dict[str, dict]:
+    """This job's blind votes: against its base model, and against other jobs of its dataset (on
+    either side of the pair). Two queries."""
+    voted = PlaygroundRun.objects.filter(blind=True).exclude(vote="")
+    vs_base = voted.filter(job=job, rival_job__isnull=True, rival_name="").aggregate(
+        wins=Count("pk", filter=Q(vote=PlaygroundVote.TUNED)),
+        losses=Count("pk", filter=Q(vote=PlaygroundVote.BASE)),
+        ties=Count("pk", filter=Q(vote=PlaygroundVote.TIE)),
+    )
+    as_first, as_rival = Q(job=job) & ~Q(rival_name=""), Q(rival_job=job)
+    vs_jobs = voted.filter(as_first | as_rival).aggregate(
+        wins=Count(
+            "pk", filter=(as_first & Q(vote=PlaygroundVote.TUNED)) | (as_rival & Q(vote=PlaygroundVote.BASE))
+        ),
+        losses=Count(
+            "pk", filter=(as_first & Q(vote=PlaygroundVote.BASE)) | (as_rival & Q(vote=PlaygroundVote.TUNED))
+        ),
+        ties=Count("pk", filter=Q(vote=PlaygroundVote.TIE)),
+    )
+    for counts in (vs_base, vs_jobs):
+        counts["total"] = counts["wins"] + counts["losses"] + counts["ties"]
+        counts["win_rate"] = round(100 * counts["wins"] / counts["total"]) if counts["total"] else None
+    return {"vs_base": vs_base, "vs_jobs": vs_jobs, "total": vs_base["total"] + vs_jobs["total"]}
+
+
+def preference_lines(job: TrainingJob) -> Iterator[str]:
+    """The decided blind votes as a preference dataset: one JSON line of prompt, chosen, rejected each."""
+    decided = (
+        PlaygroundRun.objects.filter(
+            job=job, blind=True, vote__in=(PlaygroundVote.TUNED, PlaygroundVote.BASE)
+        )
+        .order_by("voted_at", "pk")
+        .values_list("prompt", "tuned_output", "base_output", "vote")
+    )
+    for prompt, tuned, base, vote in decided.iterator():
+        chosen, rejected = (tuned, base) if vote == PlaygroundVote.TUNED else (base, tuned)
+        yield (
+            json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}, ensure_ascii=False) + "\n"
+        )
 
 
 # --- State changes (conditional updates: a repeated task never runs twice) ------------
@@ -212,8 +339,20 @@ def run_generation(run_id: int) -> None:
     if run is None:  # the job was deleted meanwhile
         return
     job = run.job
+    if run.rival_name and run.rival_job_id is None:
+        fail_run(run_id, f"“{run.rival_name}”, the job this prompt was to compare with, was deleted.")
+        return
     from jobs.playground import generation  # torch and transformers: worker only
 
+    rival = None
+    if run.rival_job_id:
+        other = TrainingJob.objects.select_related("base_model").get(pk=run.rival_job_id)
+        rival = generation.Rival(
+            key=f"tuned:{other.pk}:{artifacts.model_identity(other)}",
+            folder=lambda: model_folder(other),
+            base=base_model_id(other),
+            label=rival_label(other),
+        )
     outcome = generation.Outcome()
     try:
         generation.compare(
@@ -236,6 +375,7 @@ def run_generation(run_id: int) -> None:
             ),
             outcome=outcome,
             cache=MODEL_CACHE,
+            rival=rival,
         )
     except SoftTimeLimitExceeded:
         message = f"Generation took longer than {settings.PLAYGROUND_TIME_LIMIT_SECONDS} s and was stopped."

@@ -7,9 +7,11 @@ import math
 from django import forms
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_http_methods, require_safe
+from django.template.loader import render_to_string
+from django.utils.text import slugify
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 
 from jobs.models import PlaygroundRun, TrainingJob
 from jobs.playground import runs
@@ -49,8 +51,28 @@ class PlaygroundForm(ShortRefusalsMixin, forms.Form):
         error_messages={"required": "Top-p is required.", "invalid": "Top-p must be a number."},
     )
 
-    def __init__(self, *args, **kwargs) -> None:
+    blind = forms.BooleanField(
+        label="Blind",
+        required=False,
+        help_text="Show the answers as A and B in a random order until you pick the better one",
+    )
+
+    against = forms.TypedChoiceField(
+        label="Compare with",
+        coerce=int,
+        empty_value=None,
+        required=False,
+        help_text="The base model, or another of your completed jobs trained on the same dataset",
+    )
+
+    def __init__(self, *args, rivals=(), **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.rivals = {job.pk: job for job in rivals}
+        self.fields["against"].choices = [("", "The base model")] + [
+            (job.pk, f"{job.name} (job {job.pk}, {job.base_model.name})") for job in rivals
+        ]
+        if not rivals:
+            del self.fields["against"]
         # The limit is read per form, not at import, so a changed setting applies at once.
         self.fields["prompt"].widget.attrs["maxlength"] = settings.PLAYGROUND_MAX_PROMPT_CHARS
 
@@ -80,6 +102,10 @@ class PlaygroundForm(ShortRefusalsMixin, forms.Form):
             )
         return value
 
+    def clean_against(self):
+        pk = self.cleaned_data.get("against")
+        return self.rivals.get(pk) if pk else None
+
     def clean_top_p(self) -> float:
         value = self.cleaned_data["top_p"]
         if not (math.isfinite(value) and 0 < value <= 1):
@@ -93,7 +119,7 @@ def _get_job_for_user(request: HttpRequest, pk: int) -> TrainingJob:
 
 
 def _get_run_for_user(request: HttpRequest, pk: int, run_pk: int) -> PlaygroundRun:
-    queryset = PlaygroundRun.objects.select_related("job")
+    queryset = PlaygroundRun.objects.select_related("job", "job__base_model")
     return get_object_or_404(queryset, pk=run_pk, job_id=pk, job__owner=request.user)
 
 
@@ -108,6 +134,7 @@ def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
         "scratch": runs.is_scratch(job),
         "base_id": runs.base_model_id(job),
         "chat": runs.is_chat(job),
+        "tally": runs.vote_tally(job),
     }
 
 
@@ -115,13 +142,15 @@ def _context(job: TrainingJob, form: PlaygroundForm) -> dict:
 @require_http_methods(["GET", "HEAD", "POST"])
 def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
     job = _get_job_for_user(request, pk)
+    rivals = list(runs.rival_jobs(job))
     if request.method != "POST":  # GET or HEAD: the page
-        return render(request, "jobs/playground.html", _context(job, PlaygroundForm()))
-    form = PlaygroundForm(request.POST)
+        return render(request, "jobs/playground.html", _context(job, PlaygroundForm(rivals=rivals)))
+    form = PlaygroundForm(request.POST, rivals=rivals)
     status, retry_after = 400, None
     if form.is_valid():
         try:
-            runs.submit_prompt(job, **form.cleaned_data)
+            data = dict(form.cleaned_data)
+            runs.submit_prompt(job, rival=data.pop("against", None), **data)
         except runs.PlaygroundUnavailable as error:
             form.add_error(None, str(error))
         except runs.TooManyPrompts as error:
@@ -131,7 +160,8 @@ def playground_page(request: HttpRequest, pk: int) -> HttpResponse:
             if not request.htmx:
                 return redirect("jobs:playground", pk=job.pk)
             # The same settings stay in the box, ready for the next try.
-            form = PlaygroundForm(initial=form.cleaned_data)
+            initial = {**form.cleaned_data, "against": getattr(form.cleaned_data.get("against"), "pk", None)}
+            form = PlaygroundForm(initial=initial, rivals=rivals)
             return render(request, "jobs/playground.html#playground", _context(job, form))
     if request.htmx:  # htmx 2 swaps only 2xx responses
         return render(request, "jobs/playground.html#playground", _context(job, form))
@@ -149,4 +179,42 @@ def playground_run(request: HttpRequest, pk: int, run_pk: int) -> HttpResponse:
     response = render(request, "jobs/playground.html#run", {"run": run})
     if run.is_final and request.htmx:
         response.status_code = STOP_POLLING
+    return response
+
+
+@login_required
+@require_POST
+def vote(request: HttpRequest, pk: int, run_pk: int) -> HttpResponse:
+    """The owner's pick of a blind run: A, B or a tie; the answers are then labelled."""
+    run = _get_run_for_user(request, pk, run_pk)
+    error = ""
+    try:
+        runs.cast_vote(run, request.POST.get("choice", ""))
+    except runs.VoteRefused as refused:
+        error = str(refused)
+    run.refresh_from_db()
+    if not request.htmx:
+        return redirect("jobs:playground", pk=pk)
+    response = render(request, "jobs/playground.html#run", {"run": run, "vote_error": error})
+    # The win rate above the runs follows the vote, swapped in out of band.
+    votes = {
+        "job": run.job,
+        "tally": runs.vote_tally(run.job),
+        "scratch": runs.is_scratch(run.job),
+        "oob": True,
+    }
+    response.write(render_to_string("jobs/_playground_votes.html", votes, request=request))
+    return response
+
+
+@login_required
+@require_safe
+def preference_export(request: HttpRequest, pk: int) -> StreamingHttpResponse:
+    """The decided blind votes as prompt/chosen/rejected JSONL, a file the datasets page accepts."""
+    job = _get_job_for_user(request, pk)
+    response = StreamingHttpResponse(
+        runs.preference_lines(job), content_type="application/x-ndjson; charset=utf-8"
+    )
+    name = slugify(job.name) or f"job-{job.pk}"
+    response["Content-Disposition"] = f'attachment; filename="{name}-preferences.jsonl"'
     return response

@@ -61,3 +61,20 @@ def test_ask_the_playground_and_see_both_answers(worker_model_cache, celery_work
     page.reload()  # the run is kept, and shown without polling
     assert page.locator('[data-run-status="done"]').count() == 1
     assert page.locator("[hx-trigger]").count() == 0
+
+    # Blind: the same worker answers, the page shows A and B until the better one is picked.
+    page.locator("input[name=blind]").check()
+    page.fill("textarea[name=prompt]", "A stitch in time")
+    page.get_by_role("button", name="Generate").click()
+    page.locator('[data-run-status="done"] [data-blind]').wait_for(timeout=90_000)
+    blind = PlaygroundRun.objects.get(job=job, blind=True)
+    row = page.locator(f"#run-{blind.pk}")
+    assert row.get_by_role("heading", name="Answer A").is_visible()
+    assert row.get_by_role("heading", name="Untrained baseline").count() == 0
+    row.locator('[data-vote="a"]').click()
+    row.locator("[data-vote-kept]").wait_for()
+    blind.refresh_from_db()
+    assert blind.vote == ("tuned" if blind.tuned_first else "base")
+    assert row.get_by_role("heading", name="Untrained baseline").is_visible()
+    win_rate = page.locator("#blind-votes [data-win-rate]").get_attribute("data-win-rate")
+    assert win_rate == ("100" if blind.tuned_first else "0")

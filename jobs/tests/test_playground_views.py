@@ -99,6 +99,7 @@ def test_the_form_accepts_the_edges_and_keeps_the_prompt_as_written():
         "max_new_tokens": 512,
         "temperature": 0.0,
         "top_p": 1.0,
+        "blind": False,
     }
     assert PlaygroundForm({**GOOD, "max_new_tokens": "1", "temperature": "2", "top_p": "0.01"}).is_valid()
 
