@@ -347,3 +347,48 @@ def hardware_remedies(
                 break  # only sharding a full fine-tune lowers each device's share
     found.sort(key=lambda remedy: remedy.hourly_usd)
     return found[:limit]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m jobs.memory --parameters 1.1e9 --hidden 2048 --layers 22 --vocab 32000 --method lora`:
+    the figure a benchmark (bench/gpu_check.sh) sets beside torch.cuda.max_memory_allocated."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--parameters", type=float, required=True)
+    parser.add_argument("--hidden", type=int, required=True)
+    parser.add_argument("--layers", type=int, required=True)
+    parser.add_argument("--vocab", type=int, required=True)
+    parser.add_argument("--untied", action="store_true", help="separate input and output embeddings")
+    parser.add_argument("--method", choices=("full", "lora", "qlora"), default="full")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--seq_length", type=int, default=512)
+    parser.add_argument("--gradient_checkpointing", action="store_true")
+    parser.add_argument("--lora_r", type=int, default=16)
+    parser.add_argument("--world_size", type=int, default=1)
+    parser.add_argument("--fsdp", action="store_true")
+    args = parser.parse_args(argv)
+    shape = Shape(args.hidden, args.layers, args.vocab, tied_embeddings=not args.untied)
+    found = peak_memory(
+        Setup(
+            parameters=int(args.parameters),
+            shape=shape,
+            method=args.method,
+            precision=args.precision,
+            batch_size=args.batch_size,
+            seq_length=args.seq_length,
+            gradient_checkpointing=args.gradient_checkpointing,
+            lora_r=args.lora_r,
+            world_size=args.world_size,
+            fsdp=args.fsdp,
+        )
+    )
+    for name, gib in found.terms_gib():
+        print(f"{name:55} {gib:8.3f} GiB")
+    print(f"{'allocated (as torch.cuda.max_memory_allocated)':55} {found.allocated_bytes / GIB:8.3f} GiB")
+    print(f"{'total per device':55} {found.total_gib:8.3f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -304,3 +304,11 @@ def test_qlora_runs_locally_when_the_worker_has_a_gpu(owner, dataset, settings, 
     gpt2 = BaseModel.objects.get(hub_id="gpt2")
     form = NewJobForm(owner, form_data(dataset, gpt2, method="qlora"))
     assert form.is_valid(), form.errors
+
+
+def test_a_benchmark_gets_the_figure_from_the_command_line(capsys):
+    memory.main(["--parameters", "124e6", "--hidden", "768", "--layers", "12", "--vocab", "50257"])
+    printed = capsys.readouterr().out
+    expected = peak_memory(Setup(124_000_000, memory.SHAPES["gpt2"]))
+    assert f"{expected.allocated_bytes / GIB:8.3f} GiB" in printed.splitlines()[-2]
+    assert printed.splitlines()[-1].endswith(f"{expected.total_gib:8.3f} GiB")
