@@ -243,6 +243,9 @@ def test_the_estimate_shows_the_memory_against_the_gpu_and_its_terms(client, own
     ).content.decode()
     assert "· fits" in fits and "DDP over 4 devices" in fits
     assert "effective batch 32" in fits  # 8 per device × 1 × 4 GPUs
+    here = client.get("/jobs/new/estimate/", form_data(dataset, llama, method="lora")).content.decode()
+    assert "Memory per device" in here and "not checked: it trains on CPU" in here
+    assert "would run out of memory" not in here
 
 
 @pytest.mark.django_db
