@@ -8,16 +8,32 @@ from decimal import Decimal
 from typing import Any
 
 from django import forms
+from django.conf import settings
 from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import presets, pricing
+from jobs import memory, presets, pricing
 from jobs.estimate import Estimate, estimate_job
-from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from jobs.models import (
+    FINAL_STATES,
+    Architecture,
+    Backend,
+    BaseModel,
+    InstanceType,
+    JobStatus,
+    Method,
+    TrainingJob,
+)
 from llmtuner.forms import ShortRefusalsMixin
 from llmtuner.validators import no_control_characters
-from training_scripts.hyperparameters import DEFAULTS, HYPERPARAMETERS, Param, validate_hyperparameters
+from training_scripts.hyperparameters import (
+    DEFAULTS,
+    HYPERPARAMETERS,
+    Param,
+    is_scratch_model,
+    validate_hyperparameters,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +47,15 @@ SAGEMAKER_NOT_CONFIGURED = (
 )
 # The hyperparameters are filled in again from the preset when one of these changes.
 FILL_FIELDS = ("preset", "dataset", "base_model")
+MAX_INSTANCE_COUNT = memory.MAX_INSTANCE_COUNT
+# A SageMaker job (spot ones above all: AWS may interrupt them) writes a resumable checkpoint at
+# least this often, unless its checkpoint_minutes says another interval.
+SAGEMAKER_CHECKPOINT_MINUTES = 15.0
+METHOD_LABELS = {
+    "full": "Full fine-tuning",
+    "lora": "LoRA adapters",
+    "qlora": "QLoRA (4-bit base, LoRA adapters; CUDA GPUs)",
+}
 
 
 def sagemaker_availability() -> tuple[bool, str]:
@@ -107,7 +132,7 @@ def hyperparameter_field(param: Param) -> forms.Field:
         help_text = f"{param.help} ({param.describe_range()}.)"
     if param.type == "choice":
         widget = forms.RadioSelect if param.name == "method" else forms.Select
-        labels = {"full": "Full fine-tuning", "lora": "LoRA adapters"}
+        labels = METHOD_LABELS if param.name == "method" else {}
         choices = [(choice, labels.get(choice, choice)) for choice in param.choices or ()]
         return SpecChoiceField(
             label=param.name, choices=choices, required=False, help_text=help_text, widget=widget
@@ -152,6 +177,16 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         label="Instance type",
         help_text="Only for SageMaker.",
     )
+    instance_count = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=MAX_INSTANCE_COUNT,
+        initial=1,
+        label="Instances",
+        help_text=f"Only for SageMaker, 1 to {MAX_INSTANCE_COUNT}. Several instances (or GPUs) train one "
+        "model together, one process per GPU; each instance is billed.",
+        widget=forms.NumberInput(attrs={"min": 1, "max": MAX_INSTANCE_COUNT}),
+    )
     max_cost_usd = forms.DecimalField(
         required=False,
         min_value=Decimal("0.01"),
@@ -185,6 +220,8 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         for name in HYPERPARAMETER_FIELDS:
             self.fields[name] = hyperparameter_field(HYPERPARAMETERS[name])
         self.estimate: Estimate | None = None
+        self.memory: memory.MemoryEstimate | None = None
+        self.memory_remedies: list[str] = []
         if not self.is_bound:
             self.initial.setdefault("filled_for", self.fill_key())
             self.initial.setdefault("submit_token", uuid.uuid4())
@@ -263,17 +300,31 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         clean, errors = validate_hyperparameters(values)
         for name, message in errors.items():
             self.add_error(name if name in self.fields else None, f"{name} {message}")
-        data["hyperparameters"] = clean
         if data.get("backend") == Backend.SAGEMAKER:
             if not data.get("instance_type"):
                 self.add_error("instance_type", "Choose an instance type to train on SageMaker.")
+            if not errors:
+                clean = with_sagemaker_checkpoints(clean)
         else:
-            # This machine costs nothing: a cap or spot would mean nothing there.
-            data.update(instance_type=None, max_cost_usd=None, use_spot=False)
+            # This machine costs nothing: a cap or spot would mean nothing there; it is one machine.
+            data.update(instance_type=None, max_cost_usd=None, use_spot=False, instance_count=1)
+        data["instance_count"] = data.get("instance_count") or 1
+        data["hyperparameters"] = clean
+        if not errors and base_model is not None and "backend" in data:
+            method_refusal = self._method_refusal(clean["method"], base_model, data)
+            if method_refusal:
+                self.add_error("method", method_refusal)
+            else:
+                self._check_memory(base_model, clean, data)
         dataset = data.get("dataset")
         if not errors and dataset is not None and base_model is not None and "backend" in data:
             self.estimate = estimate_for(
-                dataset, base_model, clean, data["backend"], data.get("instance_type")
+                dataset,
+                base_model,
+                clean,
+                data["backend"],
+                data.get("instance_type"),
+                instance_count=data["instance_count"],
             )
             if data["backend"] == Backend.SAGEMAKER and self.estimate.cost_usd is not None:
                 # The owner's monthly budget, less what this month's jobs spent or still reserve.
@@ -288,6 +339,68 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
                         "before it finishes. Raise the cap or train for fewer steps.",
                     )
         return data
+
+    def _method_refusal(self, method: str, base_model: BaseModel, data: dict[str, Any]) -> str:
+        """Why the chosen method cannot train this model where it was asked to; empty when it can."""
+        if method != Method.QLORA:
+            return ""
+        if is_scratch_model(base_model.hub_id):
+            return (
+                f"QLoRA quantises a pretrained model's weights to 4 bits; {base_model.hub_id} is built from "
+                "random weights, so there is nothing to quantise: use full fine-tuning."
+            )
+        if base_model.architecture == Architecture.SEQ2SEQ:
+            return (
+                f"QLoRA is offered for causal language models only; {base_model.name} is "
+                "sequence-to-sequence: use LoRA."
+            )
+        if data.get("backend") == Backend.SAGEMAKER:
+            instance_type = data.get("instance_type")
+            if instance_type is not None and not instance_type.has_gpu:
+                return (
+                    f"QLoRA needs a CUDA GPU (bitsandbytes' 4-bit kernels); {instance_type.name} has none: "
+                    "choose a GPU instance type or use LoRA."
+                )
+            return ""
+        if not local_gpu_memory_gib():
+            return (
+                "QLoRA needs a CUDA GPU (bitsandbytes' 4-bit kernels), and this machine's worker trains on "
+                "CPU (LOCAL_GPU_MEMORY_GIB is not set): train on SageMaker with a GPU instance, or use LoRA."
+            )
+        return ""
+
+    def _check_memory(self, base_model: BaseModel, clean: dict[str, Any], data: dict[str, Any]) -> None:
+        """Peak memory per device against the GPU's; a job that cannot fit is refused with what would."""
+        capacity, world, where = device_memory(data)
+        setup = memory.setup_for(base_model, clean, world_size=world)
+        self.memory = memory.check_setup(setup, capacity)
+        if self.memory.fits:
+            return
+        qlora_possible = (
+            "qlora" in (HYPERPARAMETERS["method"].choices or ())
+            and base_model.architecture != Architecture.SEQ2SEQ
+            and not is_scratch_model(base_model.hub_id)
+        )
+        remedies = [
+            remedy.describe()
+            for remedy in memory.config_remedies(self.memory.setup, capacity, qlora_possible=qlora_possible)
+        ]
+        if data.get("backend") == Backend.SAGEMAKER:
+            others = memory.hardware_remedies(
+                setup, pricing.active_instance_types(), chosen=data.get("instance_type")
+            )
+            remedies += [f"training on {remedy.describe()}" for remedy in others]
+        self.memory_remedies = remedies
+        needs = f"This job needs about {self.memory.total_gib:.1f} GiB per GPU ({self.memory.strategy})"
+        has = f"but {where} has {capacity:g} GiB"
+        if remedies:
+            advice = "It would fit with any one of: " + "; ".join(remedies) + "."
+        else:
+            advice = (
+                "No single change (LoRA or QLoRA, a smaller batch, gradient checkpointing, another instance "
+                "type) makes it fit: choose a smaller model or a shorter max_seq_length."
+            )
+        self.add_error(None, f"{needs}, {has}: it would run out of memory. {advice}")
 
     def job_name(self) -> str:
         name = self.cleaned_data.get("name") or ""
@@ -318,7 +431,38 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         return cls(user, data)
 
 
-def estimate_for(dataset, base_model, hyperparameters, backend, instance_type=None) -> Estimate:
+def local_gpu_memory_gib() -> float:
+    return float(settings.LOCAL_GPU_MEMORY_GIB or 0)
+
+
+def device_memory(data: dict[str, Any]) -> tuple[float, int, str]:
+    """(GiB per device, 0 = not checked; world size; the hardware in words) of the chosen backend."""
+    if data.get("backend") == Backend.SAGEMAKER:
+        instance_type = data.get("instance_type")
+        count = int(data.get("instance_count") or 1)
+        if instance_type is None or not instance_type.has_gpu:
+            return 0.0, count, ""
+        where = f"{instance_type.name} ({instance_type.gpu_type or 'GPU'})"
+        return float(instance_type.gpu_memory_gib), instance_type.gpu_count * count, where
+    gpus = max(1, int(settings.LOCAL_TRAINING_GPUS or 0))
+    # This machine: its GPUs when LOCAL_GPU_MEMORY_GIB says so; its CPU RAM is not checked.
+    return local_gpu_memory_gib(), gpus, "each of this machine's GPUs (LOCAL_GPU_MEMORY_GIB)"
+
+
+def with_sagemaker_checkpoints(hyperparameters: dict[str, Any]) -> dict[str, Any]:
+    """A SageMaker job writes a resumable checkpoint at least every 15 minutes unless it says otherwise.
+
+    0, the spec's "off", is the default every form and manifest starts from, so on SageMaker it
+    means the platform's interval; any other value is kept.
+    """
+    if "checkpoint_minutes" not in HYPERPARAMETERS or hyperparameters.get("checkpoint_minutes"):
+        return hyperparameters
+    return {**hyperparameters, "checkpoint_minutes": SAGEMAKER_CHECKPOINT_MINUTES}
+
+
+def estimate_for(
+    dataset, base_model, hyperparameters, backend, instance_type=None, *, instance_count: int = 1
+) -> Estimate:
     stats = dataset.stats or {}
     on_sagemaker = backend == Backend.SAGEMAKER and instance_type is not None
     return estimate_job(
@@ -328,6 +472,7 @@ def estimate_for(dataset, base_model, hyperparameters, backend, instance_type=No
         hyperparameters=hyperparameters,
         backend=backend,
         instance_type=instance_type,
+        instance_count=instance_count if backend == Backend.SAGEMAKER else 1,
         # Past jobs on the same instance family (or this machine) correct the estimate.
         calibration=pricing.calibration_factor(instance_type.name if on_sagemaker else None),
     )
@@ -368,6 +513,7 @@ def initial_from_job(job: TrainingJob, user) -> dict[str, Any]:
         "base_model": job.base_model,
         "backend": job.backend,
         "instance_type": job.instance_type,
+        "instance_count": job.instance_count,
         "max_cost_usd": job.max_cost_usd,
         "use_spot": job.use_spot,
         "preset": presets.CUSTOM,

@@ -15,6 +15,7 @@ class Architecture(models.TextChoices):
 class Method(models.TextChoices):
     FULL = "full", "Full fine-tuning"
     LORA = "lora", "LoRA"
+    QLORA = "qlora", "QLoRA"
 
 
 class BaseModel(models.Model):

@@ -278,6 +278,7 @@ def new_job(request: HttpRequest) -> HttpResponse:
                 method=data["hyperparameters"]["method"],
                 hyperparameters=data["hyperparameters"],
                 instance_type=data["instance_type"],
+                instance_count=data["instance_count"],
                 max_cost_usd=data["max_cost_usd"],
                 use_spot=data["use_spot"],
             )

@@ -353,6 +353,13 @@ MAX_JOB_RUNTIME_SECONDS = env_int("MAX_JOB_RUNTIME_SECONDS", 48 * 3600, 60)
 LOCAL_TRAINING_TFLOPS = float(env_decimal_str("LOCAL_TRAINING_TFLOPS", "0.03"))
 if LOCAL_TRAINING_TFLOPS <= 0:
     raise ImproperlyConfigured("LOCAL_TRAINING_TFLOPS must be a positive number")
+# How many processes a local job trains with (one per GPU, through torchrun): 0 = count the GPUs
+# `nvidia-smi -L` lists on the worker (none: one process on the CPU). The web process reads it
+# too, for the memory check's world size.
+LOCAL_TRAINING_GPUS = env_int("LOCAL_TRAINING_GPUS", 0, 0)
+# Memory of each of the local worker's GPUs, in GiB, for the memory check before launch and
+# for offering QLoRA locally; 0 = the worker trains on CPU and its RAM is not checked.
+LOCAL_GPU_MEMORY_GIB = float(env_decimal_str("LOCAL_GPU_MEMORY_GIB", "0"))
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _broker_folder = VAR_DIR / "celery-broker"
     CELERY_BROKER_TRANSPORT_OPTIONS = {

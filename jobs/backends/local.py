@@ -63,6 +63,36 @@ def script_arguments(hyperparameters: dict) -> list[str]:
     return arguments
 
 
+def training_processes() -> int:
+    """How many processes a job trains with: LOCAL_TRAINING_GPUS, else the GPUs `nvidia-smi -L` lists."""
+    configured = int(settings.LOCAL_TRAINING_GPUS or 0)
+    return configured if configured > 0 else count_gpus()
+
+
+def count_gpus() -> int:
+    """The worker's NVIDIA GPUs (0 without a driver): asked of nvidia-smi, so the worker loads no torch."""
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return 0
+    try:
+        listing = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        logger.warning("nvidia-smi -L failed: training on one process", exc_info=True)
+        return 0
+    if listing.returncode != 0:
+        return 0
+    return sum(1 for line in listing.stdout.splitlines() if line.startswith("GPU "))
+
+
+def training_command(hyperparameters: dict, processes: int) -> list[str]:
+    """`python finetune.py …`, or with several GPUs torchrun starting one process per GPU (contract C5)."""
+    script = [str(SCRIPT), *script_arguments(hyperparameters)]
+    if processes > 1:
+        launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+        return [sys.executable, "-u", *launcher, *script]
+    return [sys.executable, "-u", *script]
+
+
 def run_job(job_id: int) -> None:
     if not _claim(job_id):
         return
@@ -95,9 +125,11 @@ class LocalRun:
         except Exception as error:
             self._finish_failed(f"Could not prepare the training data: {error}")
             return
-        self._log(f"Running finetune.py for {job.base_model.hub_id} ({job.method})")
+        processes = training_processes()
+        over = f" on {processes} GPUs (torchrun)" if processes > 1 else ""
+        self._log(f"Running finetune.py for {job.base_model.hub_id} ({job.method}){over}")
         process = subprocess.Popen(
-            [sys.executable, "-u", str(SCRIPT), *script_arguments(job.hyperparameters)],
+            training_command(job.hyperparameters, processes),
             cwd=self.workdir,
             env=self._environment(folders),
             stdout=subprocess.PIPE,

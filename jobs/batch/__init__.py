@@ -16,6 +16,7 @@ A manifest is YAML::
         base_model: Qwen/Qwen2.5-0.5B
         backend: sagemaker
         instance_type: ml.g5.xlarge
+        instance_count: 2                # optional, SageMaker only: 1 to 8 instances train together
         method: lora
         preset: automatic                # optional: start from a preset, then the hyperparameters above
         max_cost_usd: 5

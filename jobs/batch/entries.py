@@ -21,7 +21,7 @@ from jobs.batch.datasets import check_dataset, check_dataset_file_only
 from jobs.batch.launch_form import check_budgets, check_with_form
 from jobs.batch.plan import ALREADY, Entry, ManifestError, Plan
 from jobs.batch.reading import FIELDS, ROW_PROBLEMS, LongNumber, kind_of, read_manifest
-from jobs.forms import HYPERPARAMETER_FIELDS
+from jobs.forms import HYPERPARAMETER_FIELDS, MAX_INSTANCE_COUNT
 from jobs.models import Backend, BaseModel, InstanceType, TrainingJob
 from training_scripts.hyperparameters import validate_hyperparameters
 
@@ -105,6 +105,7 @@ def _check_entry(entry: Entry, base_dir: Path) -> None:
     _check_user(entry)
     _check_model(entry)
     _check_backend(entry)
+    _check_instance_count(entry)
     _check_hyperparameters(entry)
     _check_cost_cap(entry)
     if entry.user is not None:
@@ -179,6 +180,29 @@ def _check_backend(entry: Entry) -> None:
         entry.problem("instance_type", f"unknown instance type {name!r} (known: {known})")
 
 
+def _check_instance_count(entry: Entry) -> None:
+    value = entry.raw.get("instance_count")
+    if value in (None, ""):
+        return
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        entry.problem(
+            "instance_count", f"must be a whole number from 1 to {MAX_INSTANCE_COUNT}, not {kind_of(value)}"
+        )
+        return
+    count = forms.IntegerField(min_value=1, max_value=MAX_INSTANCE_COUNT)
+    try:
+        entry.instance_count = count.clean(str(value).strip())
+    except forms.ValidationError as error:
+        entry.problem(
+            "instance_count", f"{' '.join(error.messages)} (SageMaker trains on 1 to {MAX_INSTANCE_COUNT})"
+        )
+        return
+    if entry.backend == Backend.LOCAL and entry.instance_count != 1:
+        entry.problem(
+            "instance_count", "only SageMaker jobs run on several instances; this one trains locally"
+        )
+
+
 def _check_hyperparameters(entry: Entry) -> None:
     raw = entry.raw
     given = raw.get("hyperparameters")
@@ -235,14 +259,16 @@ def _check_cost_cap(entry: Entry) -> None:
         entry.problem("max_cost_usd", "only SageMaker jobs cost money; this one trains locally")
     elif entry.instance_type is not None:
         # The cap becomes the job's time limit on SageMaker; too small a one could not even start it.
+        count = entry.instance_count
         seconds = pricing.max_runtime_seconds(
-            entry.max_cost_usd, entry.instance_type, 1, settings.MAX_JOB_RUNTIME_SECONDS
+            entry.max_cost_usd, entry.instance_type, count, settings.MAX_JOB_RUNTIME_SECONDS
         )
         if seconds < pricing.MIN_RUNTIME_SECONDS:
-            needed = pricing.cap_for_seconds(pricing.MIN_RUNTIME_SECONDS, entry.instance_type)
+            needed = pricing.cap_for_seconds(pricing.MIN_RUNTIME_SECONDS, entry.instance_type, count)
+            where = entry.instance_type.name if count == 1 else f"{count} × {entry.instance_type.name}"
             entry.problem(
                 "max_cost_usd",
-                f"${entry.max_cost_usd} buys only {seconds} s on {entry.instance_type.name}; a job needs at "
+                f"${entry.max_cost_usd} buys only {seconds} s on {where}; a job needs at "
                 f"least {pricing.MIN_RUNTIME_SECONDS // 60} minutes, so allow at least ${needed}",
             )
 
@@ -275,4 +301,6 @@ def batch_key(entry: Entry) -> str:
         "hyperparameters": {name: normalized[name] for name in sorted(entry.explicit)},
         "max_cost_usd": str(entry.max_cost_usd) if entry.max_cost_usd is not None else None,
     }
+    if entry.instance_count != 1:
+        spec["instance_count"] = entry.instance_count  # only when set: earlier manifests keep their keys
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()

@@ -44,6 +44,7 @@ def form_data(entry: Entry) -> dict[str, Any]:
         data["dataset"] = entry.dataset.pk
     if entry.instance_type is not None:
         data["instance_type"] = entry.instance_type.pk
+    data["instance_count"] = entry.instance_count
     # The form reads a missing checkbox as false: every value goes in, the spec's defaults (or the
     # preset's values) where the entry sets none, as the page shows them before anyone types.
     if entry.preset:

@@ -71,6 +71,7 @@ class Entry:
     base_model: BaseModel | None = None
     backend: str = Backend.LOCAL
     instance_type: InstanceType | None = None
+    instance_count: int = 1
     preset: str = ""
     explicit: dict[str, Any] = field(default_factory=dict)  # hyperparameters the entry sets, as given
     max_cost_usd: Decimal | None = None

@@ -30,6 +30,7 @@ FIELDS = (
     "base_model",
     "backend",
     "instance_type",
+    "instance_count",
     "method",
     "preset",
     "hyperparameters",

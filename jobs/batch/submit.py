@@ -37,6 +37,7 @@ def submit(plan: Plan, progress: Progress | None = None) -> None:
                 method=entry.hyperparameters["method"],
                 hyperparameters=entry.hyperparameters,
                 instance_type=entry.instance_type,
+                instance_count=entry.instance_count,
                 max_cost_usd=entry.max_cost_usd,
                 batch_key=entry.batch_key,
             )

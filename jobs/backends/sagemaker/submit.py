@@ -4,7 +4,9 @@ source code, and `sagemaker.train.ModelTrainer` creates the training job without
 The job name is fixed by the job's id and attempt, so a retried submission that
 meets `ResourceInUse` adopts the job that exists instead of making a second one.
 The job's cost cap becomes MaxRuntimeInSeconds, so AWS itself stops a job that
-has spent it.
+has spent it. An instance type with several GPUs, or several instances, trains through
+the SDK's `Torchrun` distributed config: AWS's torchrun driver starts one process per GPU
+on every host (one per CPU-only host), and finetune.py trains one model over all of them.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class Submission:
     use_spot: bool = False
     max_wait_seconds: int | None = None
     checkpoint_uri: str | None = None
+    # Processes torchrun starts on each host; 0: no torchrun (one GPU or CPU, one instance).
+    processes_per_host: int = 0
     tags: dict[str, str] = field(default_factory=dict)
     # Never printed: it may hold HF_TOKEN.
     environment: dict[str, str] = field(default_factory=dict, repr=False)
@@ -123,6 +127,12 @@ def training_image(instance_type: InstanceType, region: str) -> str:
 def volume_size_gb(parameters: int) -> int:
     # The model, its optimizer-free checkpoints (two kept) and the saved model, in fp32 at worst.
     return max(30, 20 + math.ceil(parameters / 1e9 * 12))
+
+
+def processes_per_host(instance_type: InstanceType, instance_count: int) -> int:
+    """One process per GPU (one per CPU-only host) when the job spans several; 0 for a single device."""
+    per_host = max(1, int(instance_type.gpu_count or 0))
+    return per_host if per_host > 1 or instance_count > 1 else 0
 
 
 def runtime_limit(job: TrainingJob, instance_type: InstanceType) -> int:
@@ -174,6 +184,7 @@ def build_submission(job: TrainingJob, channels: dict[str, str], region: str) ->
         image_uri=training_image(instance_type, region),
         instance_type=instance_type.name,
         instance_count=max(1, job.instance_count),
+        processes_per_host=processes_per_host(instance_type, job.instance_count),
         volume_size_gb=volume_size_gb(job.base_model.parameters),
         hyperparameters=to_sagemaker_hyperparameters(clean),
         channels=channels,
@@ -267,6 +278,7 @@ def launch(submission: Submission, session: boto3.session.Session) -> None:
         StoppingCondition,
         Tag,
     )
+    from sagemaker.train.distributed import Torchrun
 
     sdk_session = Session(boto_session=session, default_bucket=submission.bucket, sagemaker_config=SDK_CONFIG)
     trainer = _named_trainer_class()(
@@ -282,6 +294,11 @@ def launch(submission: Submission, session: boto3.session.Session) -> None:
             ignore_patterns=SOURCE_IGNORE,
         ),
         input_s3_key_prefix=submission.code_prefix,
+        distributed=(
+            Torchrun(process_count_per_node=submission.processes_per_host)
+            if submission.processes_per_host
+            else None
+        ),
         compute=Compute(
             instance_type=submission.instance_type,
             instance_count=submission.instance_count,
