@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('jobs', '0009_trainingjob_retry_of'),
+        ('jobs', '0011_playground_blind_votes'),
     ]
 
     operations = [
