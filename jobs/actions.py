@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django.db import IntegrityError, transaction
 
+from jobs import resume
 from jobs.backends import queue_job
 from jobs.estimate import Estimate
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
@@ -62,6 +63,9 @@ def next_attempt(job: TrainingJob) -> TrainingJob | None:
 def retry_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
     """The next attempt of a failed or stopped job, with its settings: (it, whether this call made it).
 
+    It resumes from the last checkpoint of the job's chain of attempts when there is one
+    (jobs/resume.py), and starts over otherwise.
+
     An attempt is retried once: a second retry (a double click, two operators) gets the attempt
     the first one made.
     """
@@ -94,6 +98,8 @@ def retry_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
         estimated_cost_usd=job.estimated_cost_usd,
         attempt=job.attempt + 1,
         retry_of=job,
+        # From the chain's last checkpoint when there is one: a retry that can resume, resumes.
+        **resume.next_attempt_fields(job),
     )
 
 
