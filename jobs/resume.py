@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from django import forms
 from django.db.models import F
 from django.db.models.functions import Greatest
 
 from jobs import artifacts, checkpoints
-from jobs.models import FINAL_STATES, JobStatus, Method, MetricPoint, TrainingJob
+from jobs.models import FINAL_STATES, Backend, InstanceType, JobStatus, Method, MetricPoint, TrainingJob
 from llmtuner import storage
 from training_scripts.hyperparameters import DEFAULTS
 
@@ -54,10 +55,14 @@ def next_attempt_fields(job: TrainingJob) -> dict[str, Any]:
     }
 
 
-def resume_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
+def resume_job(
+    job: TrainingJob, backend: str | None = None, instance_type: InstanceType | None = None
+) -> tuple[TrainingJob, bool]:
     """The next attempt of `job`, from its last checkpoint: (it, whether this call made it).
 
-    Refused (ResumeRefused) for a job without a checkpoint: Retry starts that one over.
+    On its own backend, or on `backend` (with `instance_type` for SageMaker): the checkpoint is
+    in the same place for both. Refused (ResumeRefused) for a job without a checkpoint: Retry
+    starts that one over.
     """
     from jobs import actions
 
@@ -66,10 +71,55 @@ def resume_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
         return attempt, False
     if job.status in RESUMABLE_STATES and resume_step(job) is None:
         raise ResumeRefused(no_checkpoint_reason(job))
+    moved = where_to_resume(job, backend, instance_type) if backend else {}
     try:
-        return actions.retry_job(job)
+        return actions.retry_job(job, **moved)
     except actions.ActionError as error:
         raise ResumeRefused(str(error)) from None
+
+
+def where_to_resume(job: TrainingJob, backend: str, instance_type: InstanceType | None) -> dict[str, Any]:
+    """The fields of an attempt that runs on `backend` instead, with its estimate; refused when
+    SageMaker lacks an instance type or the estimate exceeds what is left of the month's budget."""
+    from jobs import pricing
+    from jobs.forms import estimate_for
+
+    if backend == Backend.LOCAL:
+        moved = {"backend": backend, "instance_type": None, "use_spot": False, "max_cost_usd": None}
+    elif instance_type is None:
+        raise ResumeRefused("Choose an instance type to resume it on SageMaker.")
+    else:
+        moved = {"backend": backend, "instance_type": instance_type, "instance_count": 1}
+    if job.dataset is None:
+        raise ResumeRefused("Its dataset was deleted: clone it and choose another dataset.")
+    # The whole job's estimate: the steps left take less, so this errs on the safe side.
+    estimate = estimate_for(job.dataset, job.base_model, job.hyperparameters, backend, moved["instance_type"])
+    if backend == Backend.SAGEMAKER and estimate.cost_usd is not None:
+        refusal = pricing.check_budget(job.owner, estimate.cost_usd)
+        if refusal:
+            raise ResumeRefused(refusal)
+    return {**moved, "estimated_seconds": estimate.seconds, "estimated_cost_usd": estimate.cost_usd}
+
+
+class ResumeForm(forms.Form):
+    """Where to resume: this machine, or SageMaker on an instance type."""
+
+    backend = forms.ChoiceField(choices=Backend.choices)
+    instance_type = forms.ModelChoiceField(
+        queryset=InstanceType.objects.filter(is_active=True), required=False
+    )
+
+    def clean(self) -> dict[str, Any]:
+        from jobs.forms import sagemaker_availability
+
+        data = super().clean()
+        if data.get("backend") == Backend.SAGEMAKER:
+            available, reason = sagemaker_availability()
+            if not available:
+                self.add_error("backend", f"SageMaker is {reason}.")
+            elif not data.get("instance_type"):
+                self.add_error("instance_type", "Choose an instance type to resume it on SageMaker.")
+        return data
 
 
 def no_checkpoint_reason(job: TrainingJob) -> str:
@@ -152,3 +202,48 @@ def continuation_problem(source: TrainingJob, base_model, method: str) -> str:
             "(or continue a job that merged its adapter)."
         )
     return ""
+
+
+def initial_for_continuing(source: TrainingJob, user) -> dict[str, Any]:
+    """The new-job form's values for a job continuing `source`: its settings, like a clone's."""
+    from jobs.forms import initial_from_job
+
+    return {**initial_from_job(source, user), "name": f"{source.name} (continued)"[:200]}
+
+
+# --- What the job page says ------------------------------------------------------------------
+
+
+def page_notes(job: TrainingJob) -> dict[str, Any]:
+    """What the job page's resume section says about this job (from the row: no storage read)."""
+    from jobs import actions
+
+    notes: dict[str, Any] = {
+        "resumed_at_step": job.resumed_at_step if job.retry_of_id or job.resumed_at_step else None,
+        "continued_from": job.continued_from,
+        "next_attempt": None,
+        "resume_step": None,
+        "no_checkpoint_reason": "",
+        "can_continue": job.status == JobStatus.COMPLETED,
+    }
+    if job.status in RESUMABLE_STATES:
+        notes["next_attempt"] = actions.next_attempt(job)
+        if job.checkpoint_step:
+            notes["resume_step"] = job.checkpoint_step
+            notes["resume_form"] = ResumeForm(
+                initial={"backend": job.backend, "instance_type": job.instance_type_id}
+            )
+        else:
+            notes["no_checkpoint_reason"] = no_checkpoint_reason(job)
+    notes["any"] = any(
+        notes[name]
+        for name in (
+            "resumed_at_step",
+            "continued_from",
+            "next_attempt",
+            "resume_step",
+            "no_checkpoint_reason",
+            "can_continue",
+        )
+    )
+    return notes

@@ -19,6 +19,7 @@
     const evals = [];
     let after = 0;
     let totalSteps = 0;
+    let resumedAt = 0; // a resumed attempt: the step its checkpoint was at
 
     async function tick() {
       let response, data;
@@ -43,6 +44,7 @@
       }
       after = data.after;
       totalSteps = data.total_steps || totalSteps;
+      resumedAt = data.resumed_at_step || 0;
       root.dataset.points = String(train.length + evals.length);
       if (data.points.length) draw();
       if (response.status === 286 || data.final) {
@@ -88,6 +90,12 @@
       svg.append(el("line", { class: "axis", x1: left, x2: width - right, y1: height - bottom, y2: height - bottom }));
       for (const step of [0, Math.round(maxStep / 2), maxStep]) {
         svg.append(el("text", { x: x(step), y: height - 8, "text-anchor": "middle" }, String(step)));
+      }
+      if (resumedAt > 0) {
+        // Where this attempt took over from the earlier one's checkpoint (jobs/_resume.html says so in words).
+        svg.append(el("line", { class: "resume-line", x1: x(resumedAt), x2: x(resumedAt), y1: top, y2: height - bottom,
+          stroke: "currentColor", "stroke-dasharray": "4 3", "data-resumed-at": resumedAt }));
+        svg.append(el("text", { x: x(resumedAt) + 4, y: top + 10 }, "resumed at " + resumedAt));
       }
       const line = (points) => points.slice().sort((a, b) => a[0] - b[0]).map((p) => `${x(p[0]).toFixed(1)},${y(p[1]).toFixed(1)}`).join(" ");
       if (train.length) svg.append(el("polyline", { class: "train", points: line(train), "data-series": "train" }));
