@@ -408,8 +408,9 @@ def metrics(request: HttpRequest, job: TrainingJob) -> JsonResponse:
         "after": points[-1][0] if points else after,
         "final": done,
         "total_steps": job.total_steps,
-        "resumed_at_step": job.resumed_at_step,
     }
+    if job.resumed_at_step:  # the chart marks where this attempt took over
+        payload["resumed_at_step"] = job.resumed_at_step
     return JsonResponse(payload, status=STOP_POLLING if done else 200)
 
 
