@@ -191,8 +191,11 @@ class LocalRun:
         if event["event"] == "done":
             self.saw_done = True
         if event["event"] == "error":
+            # The job ends failed with it once the script has exited (_finish), not before:
+            # the checkpoint it may have left is stored first, so a Retry at once resumes from it.
             self.last_error = str(event.get("message") or "")
-        lifecycle.record_event(self.job.pk, event)
+        else:
+            lifecycle.record_event(self.job.pk, event)
         self._log(lifecycle.describe_event(event))
         return event["event"]
 
