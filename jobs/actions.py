@@ -14,7 +14,7 @@ from uuid import UUID
 
 from django.db import IntegrityError, transaction
 
-from jobs import resume
+from jobs import checkpoints, resume
 from jobs.backends import queue_job
 from jobs.estimate import Estimate
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
@@ -122,6 +122,16 @@ def delete_job(job: TrainingJob) -> None:
     if job.status not in FINAL_STATES:
         raise ActionError("A job that is still running cannot be deleted: stop it first.")
     # The model, the outputs and the full log all live under the job's prefix.
-    storage.delete_prefix(job.storage_prefix() + "/")
+    own = job.storage_prefix() + "/"
+    # So do the checkpoints of its chain of attempts, when it is the first: kept while a later
+    # attempt (which may be resumed) still uses them, and removed with the last that does.
+    shared = checkpoints.prefix(job)
+    still_used = TrainingJob.objects.filter(checkpoint_prefix=shared).exclude(pk=job.pk).exists()
+    if still_used and shared.startswith(own):
+        storage.delete([key for key in storage.list_keys(own) if not key.startswith(shared)])
+    else:
+        storage.delete_prefix(own)
+    if not still_used and not shared.startswith(own):
+        storage.delete_prefix(shared)
     # The row goes only if nobody restarted it meanwhile.
     TrainingJob.objects.filter(pk=job.pk, status__in=FINAL_STATES).delete()

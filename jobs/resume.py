@@ -215,7 +215,8 @@ def initial_for_continuing(source: TrainingJob, user) -> dict[str, Any]:
 
 
 def page_notes(job: TrainingJob) -> dict[str, Any]:
-    """What the job page's resume section says about this job (from the row: no storage read)."""
+    """What the job page's resume section says about this job (one storage listing for a job that
+    can be resumed)."""
     from jobs import actions
 
     notes: dict[str, Any] = {
@@ -228,6 +229,10 @@ def page_notes(job: TrainingJob) -> dict[str, Any]:
     }
     if job.status in RESUMABLE_STATES:
         notes["next_attempt"] = actions.next_attempt(job)
+        if notes["next_attempt"] is None:
+            # What storage holds, which Resume uses (the row's figure is what the script last said;
+            # a SageMaker log line the poller skipped would leave it behind). The card shows it too.
+            job.checkpoint_step = resume_step(job)
         if job.checkpoint_step:
             notes["resume_step"] = job.checkpoint_step
             notes["resume_form"] = ResumeForm(

@@ -139,3 +139,24 @@ def test_a_stored_name_that_would_leave_the_folder_is_refused(tmp_path):
     with pytest.raises(ValueError, match="outside its folder"):
         checkpoints._inside(tmp_path / "checkpoint-3.tmp", "../../escaped")
     assert checkpoints._inside(tmp_path, "optimizer/state.pt") == (tmp_path / "optimizer/state.pt").resolve()
+
+
+def test_a_chains_checkpoints_stay_while_an_attempt_uses_them_and_go_with_the_last(owner, any_storage):
+    from jobs import actions
+    from jobs.models import JobStatus, TrainingJob
+
+    first = make_job(owner, status=JobStatus.STOPPED)
+    chain = checkpoints.prefix(first)
+    store(chain, 10)
+    storage.save(f"{first.storage_prefix()}/model/config.json", io.BytesIO(b"{}"))
+    second = make_job(owner, first.dataset, status=JobStatus.FAILED, checkpoint_prefix=chain, retry_of=first)
+
+    actions.delete_job(first)
+
+    assert not TrainingJob.objects.filter(pk=first.pk).exists()
+    assert not storage.list_keys(f"{first.storage_prefix()}/model/")
+    assert checkpoints.latest_step(second) == 10  # the second attempt can still resume
+
+    actions.delete_job(second)
+
+    assert not storage.list_keys(chain)
