@@ -1,9 +1,10 @@
 """Local backend: run finetune.py in a subprocess, the way a SageMaker container would.
 
 The worker lays out the SM_* folders in a temp dir, copies the prepared dataset
-in, runs the script in its own process group, turns each stdout line into a
-lifecycle event, writes a heartbeat, watches for a stop request, and finally
-uploads the model folder to storage under the owner's prefix.
+in (and the chain's last checkpoint, and a continued job's starting model), runs
+the script in its own process group, turns each stdout line into a lifecycle
+event, writes a heartbeat, watches for a stop request, stores each new checkpoint
+as it comes, and finally uploads the model folder to storage under the owner's prefix.
 """
 
 from __future__ import annotations
