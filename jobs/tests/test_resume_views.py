@@ -350,3 +350,14 @@ def test_the_command_resumes_and_says_what_it_could_not(job_factory, capsys):
     call_command("resume_jobs", str(with_one.pk))  # again: the same attempt, nothing new
     assert f"resumed already, attempt 2 is job #{new.pk}" in capsys.readouterr().out
     assert TrainingJob.objects.filter(retry_of=with_one).count() == 1
+
+
+def test_a_retry_of_a_continued_job_starts_from_the_same_tuned_model(owner_client, completed_job):
+    owner_client.post(f"/jobs/{completed_job.pk}/continue/", continue_form(owner_client, completed_job))
+    continued = TrainingJob.objects.get(continued_from=completed_job)
+    set_state(continued, JobStatus.FAILED, step=2)
+
+    owner_client.post(f"/jobs/{continued.pk}/retry/")
+
+    again = TrainingJob.objects.get(retry_of=continued)
+    assert again.continued_from == completed_job and again.resumed_at_step is None
