@@ -14,6 +14,7 @@ from uuid import UUID
 
 from django.db import IntegrityError, transaction
 
+from jobs import checkpoints, resume
 from jobs.backends import queue_job
 from jobs.estimate import Estimate
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
@@ -59,11 +60,14 @@ def next_attempt(job: TrainingJob) -> TrainingJob | None:
     return TrainingJob.objects.filter(retry_of=job).first()
 
 
-def retry_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
+def retry_job(job: TrainingJob, **moved: Any) -> tuple[TrainingJob, bool]:
     """The next attempt of a failed or stopped job, with its settings: (it, whether this call made it).
 
+    It resumes from the last checkpoint of the job's chain of attempts when there is one
+    (jobs/resume.py), and starts over otherwise.
+
     An attempt is retried once: a second retry (a double click, two operators) gets the attempt
-    the first one made.
+    the first one made. `moved` replaces where it runs (resume.where_to_resume: another backend).
     """
     retried = next_attempt(job)
     if retried is not None:
@@ -77,24 +81,25 @@ def retry_job(job: TrainingJob) -> tuple[TrainingJob, bool]:
         raise ActionError("Its dataset was deleted: clone it and choose another dataset.")
     if not dataset.is_ready:
         raise ActionError(f"Its dataset “{dataset.name}” is not ready.")
-    return _launch_unless(
-        lambda: next_attempt(job),
-        job.owner,
-        name=job.name,
-        dataset=dataset,
-        base_model=job.base_model,
-        backend=job.backend,
-        method=job.method,
-        hyperparameters=dict(job.hyperparameters),
-        instance_type=job.instance_type,
-        instance_count=job.instance_count,
-        use_spot=job.use_spot,
-        max_cost_usd=job.max_cost_usd,
-        estimated_seconds=job.estimated_seconds,
-        estimated_cost_usd=job.estimated_cost_usd,
-        attempt=job.attempt + 1,
-        retry_of=job,
-    )
+    fields = {
+        "name": job.name,
+        "dataset": dataset,
+        "base_model": job.base_model,
+        "backend": job.backend,
+        "method": job.method,
+        "hyperparameters": dict(job.hyperparameters),
+        "instance_type": job.instance_type,
+        "instance_count": job.instance_count,
+        "use_spot": job.use_spot,
+        "max_cost_usd": job.max_cost_usd,
+        "estimated_seconds": job.estimated_seconds,
+        "estimated_cost_usd": job.estimated_cost_usd,
+        "attempt": job.attempt + 1,
+        "retry_of": job,
+    }
+    # From the chain's last checkpoint when there is one: a retry that can resume, resumes.
+    fields.update(resume.next_attempt_fields(job), **moved)
+    return _launch_unless(lambda: next_attempt(job), job.owner, **fields)
 
 
 def _launch_unless(made: Callable[[], TrainingJob | None], owner, **fields: Any) -> tuple[TrainingJob, bool]:
@@ -117,6 +122,16 @@ def delete_job(job: TrainingJob) -> None:
     if job.status not in FINAL_STATES:
         raise ActionError("A job that is still running cannot be deleted: stop it first.")
     # The model, the outputs and the full log all live under the job's prefix.
-    storage.delete_prefix(job.storage_prefix() + "/")
+    own = job.storage_prefix() + "/"
+    # So do the checkpoints of its chain of attempts, when it is the first: kept while a later
+    # attempt (which may be resumed) still uses them, and removed with the last that does.
+    shared = checkpoints.prefix(job)
+    still_used = TrainingJob.objects.filter(checkpoint_prefix=shared).exclude(pk=job.pk).exists()
+    if still_used and shared.startswith(own):
+        storage.delete([key for key in storage.list_keys(own) if not key.startswith(shared)])
+    else:
+        storage.delete_prefix(own)
+    if not still_used and not shared.startswith(own):
+        storage.delete_prefix(shared)
     # The row goes only if nobody restarted it meanwhile.
     TrainingJob.objects.filter(pk=job.pk, status__in=FINAL_STATES).delete()

@@ -21,7 +21,7 @@ from django.template.response import TemplateResponse
 from django.urls import path
 
 from accounts import admin as accounts_admin
-from jobs import actions, lifecycle, reports
+from jobs import actions, lifecycle, reports, resume
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
 from llmtuner import broker
 
@@ -200,7 +200,7 @@ class TrainingJobAdmin(admin.ModelAdmin):
     # A job's settings were checked and handed to its backend at launch; changing them here would
     # change nothing that runs. Only the name stays editable.
     readonly_fields = SETTINGS_FIELDS[1:] + PROGRESS_FIELDS + COST_FIELDS + AWS_FIELDS + OTHER_FIELDS
-    actions = ["stop_jobs", "retry_jobs", "mark_failed", "poll_now"]
+    actions = ["stop_jobs", "retry_jobs", "resume_jobs", "mark_failed", "poll_now"]
     fieldsets = [
         (None, {"fields": SETTINGS_FIELDS}),
         ("State", {"fields": PROGRESS_FIELDS}),
@@ -257,6 +257,29 @@ class TrainingJobAdmin(admin.ModelAdmin):
                 )
         if retried:
             self.message_user(request, f"{retried} job(s) queued again.", messages.SUCCESS)
+
+    @admin.action(description="Resume the selected jobs from their last checkpoint", permissions=["change"])
+    def resume_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
+        resumed = 0
+        for job in queryset.select_related("dataset", "owner", "base_model", "instance_type"):
+            try:
+                again, made = resume.resume_job(job)
+            except resume.ResumeRefused as error:
+                self.message_user(request, f"“{job.name}” (#{job.pk}): {error}", messages.WARNING)
+                continue
+            if made:
+                resumed += 1
+            else:
+                self.message_user(
+                    request,
+                    f"“{job.name}” (#{job.pk}) was retried already: "
+                    f"attempt {again.attempt} is job #{again.pk}.",
+                    messages.INFO,
+                )
+        if resumed:
+            self.message_user(
+                request, f"{resumed} job(s) resume from their last checkpoint.", messages.SUCCESS
+            )
 
     @admin.action(description="Mark the selected jobs failed, with a reason…", permissions=["change"])
     def mark_failed(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> TemplateResponse | None:

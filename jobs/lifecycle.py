@@ -19,6 +19,7 @@ from django.db.models import Case, F, Q, Value, When
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
+from jobs import resume
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner import broker
 from llmtuner.redact import redact
@@ -118,6 +119,8 @@ def record_event(job_id: int, event: dict) -> None:
     kind = event.get("event")
     if kind == "start":
         transition(job_id, S.TRAINING, "Training", total_steps=_int(event.get("total_steps")))
+        if "resumed_from_step" in event:  # C1: 0 when it started over
+            resume.record_resumed(job_id, _int(event["resumed_from_step"]) or 0)
     elif kind == "progress":
         _record_progress(job_id, event)
     elif kind == "eval":
@@ -125,6 +128,8 @@ def record_event(job_id: int, event: dict) -> None:
     elif kind == "done":
         metrics = {k: v for k, v in event.items() if k != "event"}
         TrainingJob.objects.filter(pk=job_id).exclude(status__in=FINAL_STATES).update(metrics=metrics)
+    elif kind == "checkpoint":
+        resume.record_checkpoint(job_id, _int(event.get("step")))
     elif kind == "error":
         message = str(event.get("message") or "Training failed")
         # A job being stopped ends stopped, whatever the script says on its way out.
@@ -286,11 +291,12 @@ def describe_event(event: dict) -> str:
     if kind == "error":
         return f"error: {event.get('message')}"
     if kind == "start":
+        resumed = event.get("resumed_from_step")
         return (
             f"training {event.get('total_steps')} steps on {event.get('samples')} samples "
             f"({event.get('tokens')} tokens), {event.get('trainable_parameters')} trainable parameters "
             f"on {event.get('device')} ({event.get('precision')})"
-        )
+        ) + (f", resumed from the checkpoint at step {resumed}" if resumed else "")
     if kind == "done":
         return (
             f"done: training loss {_fmt(event.get('train_loss'))}, eval loss {_fmt(event.get('eval_loss'))}, "

@@ -176,6 +176,26 @@ class TrainingJob(models.Model):
     retry_of = models.OneToOneField(
         "self", on_delete=models.SET_NULL, null=True, blank=True, editable=False, related_name="next_attempt"
     )
+    # Resume and continue (jobs/resume.py, jobs/checkpoints.py). A chain of attempts shares one
+    # checkpoint folder in storage: the first attempt's, so a retry picks up where the last one ended.
+    checkpoint_prefix = models.CharField(
+        max_length=500, blank=True, editable=False, help_text="Storage prefix of its attempts' checkpoints"
+    )
+    checkpoint_step = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The step of the chain's newest checkpoint, as last reported"
+    )
+    resumed_at_step = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The checkpoint step this attempt started from (empty: from step 0)"
+    )
+    continued_from = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        editable=False,
+        related_name="continuations",
+        help_text="The completed job whose tuned model this one started from",
+    )
 
     class Meta:
         ordering = ["-created_at"]

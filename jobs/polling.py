@@ -44,6 +44,8 @@ JOB_FIELDS = (
     "training_started_at",
     "finished_at",
     "heartbeat_at",
+    "checkpoint_step",  # the Resume button
+    "resumed_at_step",  # the chart's resume marker
 )
 INSTANCE_FIELDS = ("id", "price_per_hour_usd")
 

@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, artifacts, compare, lifecycle, polling, pricing
+from jobs import actions, artifacts, compare, lifecycle, polling, pricing, resume
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -229,9 +229,13 @@ def compare_jobs(request: HttpRequest) -> HttpResponse:
 # --- New job -------------------------------------------------------------------------------------
 
 
-def _new_job_page(request: HttpRequest, form: NewJobForm, status: int = 200, source=None) -> HttpResponse:
+def _new_job_page(
+    request: HttpRequest, form: NewJobForm, status: int = 200, source=None, continuing: bool = False
+) -> HttpResponse:
     context = {
         "form": form,
+        "continuing": continuing,
+        "form_action": reverse("jobs:continue", args=[source.pk]) if continuing else reverse("jobs:new"),
         "estimate": form.estimate if form.is_bound else None,
         "has_datasets": ready_datasets(request.user).exists(),
         "source": source,
@@ -266,27 +270,8 @@ def new_job(request: HttpRequest) -> HttpResponse:
         if job is None:
             if not form.is_valid():
                 return _new_job_page(request, form, status=400)
-            data = form.cleaned_data
-            job, made = actions.launch_once(
-                request.user,
-                form.posted_token,
-                estimate=form.estimate,
-                name=form.job_name(),
-                dataset=data["dataset"],
-                base_model=data["base_model"],
-                backend=data["backend"],
-                method=data["hyperparameters"]["method"],
-                hyperparameters=data["hyperparameters"],
-                instance_type=data["instance_type"],
-                instance_count=data["instance_count"],
-                max_cost_usd=data["max_cost_usd"],
-                use_spot=data["use_spot"],
-            )
-        if made:
-            messages.success(request, f"“{job.name}” is queued.")
-        else:
-            messages.info(request, f"“{job.name}” was already launched from this form.")
-        return _go_to(request, job)
+            job, made = _launch_from(request, form)
+        return _launched(request, job, made)
     query = NewJobQuery(request.user, request.GET)
     if request.GET.get("apply_preset"):
         # The no-JavaScript way to apply a preset: the form comes back with the preset's values.
@@ -295,6 +280,34 @@ def new_job(request: HttpRequest) -> HttpResponse:
         return _new_job_page(request, form)
     form = NewJobForm(request.user, initial=initial_for_new_job(request.user, query))
     return _new_job_page(request, form)
+
+
+def _launch_from(request: HttpRequest, form: NewJobForm, **extra) -> tuple[TrainingJob, bool]:
+    data = form.cleaned_data
+    return actions.launch_once(
+        request.user,
+        form.posted_token,
+        estimate=form.estimate,
+        name=form.job_name(),
+        dataset=data["dataset"],
+        base_model=data["base_model"],
+        backend=data["backend"],
+        method=data["hyperparameters"]["method"],
+        hyperparameters=data["hyperparameters"],
+        instance_type=data["instance_type"],
+        instance_count=data["instance_count"],
+        max_cost_usd=data["max_cost_usd"],
+        use_spot=data["use_spot"],
+        **extra,
+    )
+
+
+def _launched(request: HttpRequest, job: TrainingJob, made: bool) -> HttpResponse:
+    if made:
+        messages.success(request, f"“{job.name}” is queued.")
+    else:
+        messages.info(request, f"“{job.name}” was already launched from this form.")
+    return _go_to(request, job)
 
 
 @login_required
@@ -328,6 +341,34 @@ def clone(request: HttpRequest, pk: int) -> HttpResponse:
     return _new_job_page(request, form, source=source)
 
 
+@login_required
+@require_http_methods(["GET", "HEAD", "POST"])
+def continue_training(request: HttpRequest, pk: int) -> HttpResponse:
+    """A new-job form like clone's, for a job that starts from this completed job's tuned model."""
+    source = _get_job_for_user(request, pk)
+    problem = resume.continue_problem(source)
+    if problem:
+        messages.error(request, problem)
+        return redirect(source)
+    if request.method != "POST":  # GET or HEAD: the form
+        form = NewJobForm(request.user, initial=resume.initial_for_continuing(source, request.user))
+        return _new_job_page(request, form, source=source, continuing=True)
+    form = NewJobForm(request.user, request.POST)
+    job, made = actions.launched_with(request.user, form.posted_token), False
+    if job is None:
+        if form.is_valid():
+            data = form.cleaned_data
+            problem = resume.continuation_problem(
+                source, data["base_model"], data["hyperparameters"]["method"]
+            )
+            if problem:
+                form.add_error(None, problem)
+        if not form.is_valid():
+            return _new_job_page(request, form, status=400, source=source, continuing=True)
+        job, made = _launch_from(request, form, continued_from=source)
+    return _launched(request, job, made)
+
+
 # --- Job page and its polled parts ---------------------------------------------------------------
 
 
@@ -354,6 +395,7 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
         "log_trimmed": bool(lines) and lines[0][0] > 1,
         "hyperparameters": hyperparameters,
         "notify": get_profile(request.user).email_notifications,
+        "resume": resume.page_notes(job),
     }
     return render(request, "jobs/detail.html", context)
 
@@ -384,6 +426,8 @@ def metrics(request: HttpRequest, job: TrainingJob) -> JsonResponse:
         "final": done,
         "total_steps": job.total_steps,
     }
+    if job.resumed_at_step:  # the chart marks where this attempt took over
+        payload["resumed_at_step"] = job.resumed_at_step
     return JsonResponse(payload, status=STOP_POLLING if done else 200)
 
 
@@ -448,9 +492,42 @@ def retry(request: HttpRequest, pk: int) -> HttpResponse:
         messages.error(request, str(error))
         return redirect(job)
     if made:
-        messages.success(request, f"Attempt {new.attempt} of “{new.name}” is queued.")
+        resumes = f": it resumes from step {new.resumed_at_step:,}" if new.resumed_at_step else ""
+        if not new.resumed_at_step and job.checkpoint_step:
+            resumes = (
+                f": it starts over, as its checkpoint at step {job.checkpoint_step:,} is no longer stored"
+            )
+        messages.success(request, f"Attempt {new.attempt} of “{new.name}” is queued{resumes}.")
     else:
         messages.info(request, f"“{job.name}” was retried already: this is attempt {new.attempt}.")
+    return _go_to(request, new)
+
+
+@login_required
+@require_POST
+def resume_job(request: HttpRequest, pk: int) -> HttpResponse:
+    """The next attempt from the last checkpoint, on the backend chosen (the checkpoint is the same)."""
+    job = _get_job_for_user(request, pk)
+    form = resume.ResumeForm(request.POST)
+    if not form.is_valid():
+        for errors in form.errors.values():
+            for error in errors:
+                messages.error(request, error)
+        return redirect(job)
+    try:
+        new, made = resume.resume_job(job, form.cleaned_data["backend"], form.cleaned_data["instance_type"])
+    except resume.ResumeRefused as error:
+        messages.error(request, str(error))
+        return redirect(job)
+    if made:
+        where = new.get_backend_display() + (f" ({new.instance_type.name})" if new.instance_type else "")
+        messages.success(
+            request,
+            f"Attempt {new.attempt} of “{new.name}” is queued on {where}: "
+            f"it resumes from step {new.resumed_at_step:,}.",
+        )
+    else:
+        messages.info(request, f"“{job.name}” was resumed already: this is attempt {new.attempt}.")
     return _go_to(request, new)
 
 

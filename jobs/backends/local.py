@@ -1,9 +1,10 @@
 """Local backend: run finetune.py in a subprocess, the way a SageMaker container would.
 
 The worker lays out the SM_* folders in a temp dir, copies the prepared dataset
-in, runs the script in its own process group, turns each stdout line into a
-lifecycle event, writes a heartbeat, watches for a stop request, and finally
-uploads the model folder to storage under the owner's prefix.
+in (and the chain's last checkpoint, and a continued job's starting model), runs
+the script in its own process group, turns each stdout line into a lifecycle
+event, writes a heartbeat, watches for a stop request, stores each new checkpoint
+as it comes, and finally uploads the model folder to storage under the owner's prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from jobs import lifecycle
+from jobs import artifacts, checkpoints, lifecycle
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
 from llmtuner import scratch, storage
 from llmtuner.redact import redact
@@ -125,6 +126,12 @@ class LocalRun:
         except Exception as error:
             self._finish_failed(f"Could not prepare the training data: {error}")
             return
+        try:
+            self._fetch_starting_point(folders)
+        except (artifacts.ModelArtifactsError, *storage.STORAGE_ERRORS, ValueError) as error:
+            self._finish_failed(f"Could not fetch what this job starts from: {error}")
+            return
+        uploader = CheckpointUploader(job, folders["checkpoints"])
         processes = training_processes()
         over = f" on {processes} GPUs (torchrun)" if processes > 1 else ""
         self._log(f"Running finetune.py for {job.base_model.hub_id} ({job.method}){over}")
@@ -151,10 +158,15 @@ class LocalRun:
                 stream, line = None, None
             if stream is not None and line is None:
                 open_streams -= 1
-            elif line is not None:
-                self._handle_line(stream, line)
+            elif line is not None and self._handle_line(stream, line) == "checkpoint":
+                uploader.request()
             self._tick(process)
+            for message in uploader.messages():
+                self._log(message)
         returncode = process.wait()
+        uploader.finish()  # the stop's last checkpoint too, before the job is seen as ended
+        for message in uploader.messages():
+            self._log(message)
         self._flush_log()
         self._finish(returncode, folders)
 
@@ -174,6 +186,18 @@ class LocalRun:
             _copy_from_storage(dataset.validation_file, folders["validation"] / "validation.jsonl")
         return folders
 
+    def _fetch_starting_point(self, folders: dict[str, Path]) -> None:
+        """The chain's last checkpoint into the checkpoint folder (the script resumes from it by
+        itself), and for a continued job the tuned model it starts from (SM_CHANNEL_INIT_MODEL)."""
+        job = self.job
+        step = checkpoints.download_latest(job, folders["checkpoints"])
+        if step is not None:
+            self._log(f"Resuming from the checkpoint at step {step}")
+        source = job.continued_from
+        if source is not None:
+            folders["init_model"] = artifacts.fetch(source, self.workdir / "init_model")
+            self._log(f"Starting from the tuned model of “{source.name}” (job {source.pk})")
+
     def _environment(self, folders: dict[str, Path]) -> dict[str, str]:
         env = {name: os.environ[name] for name in PASSED_ENVIRONMENT if name in os.environ}
         env.update(
@@ -184,22 +208,29 @@ class LocalRun:
             PYTHONUNBUFFERED="1",
             TOKENIZERS_PARALLELISM="false",
         )
+        if "init_model" in folders:
+            env["SM_CHANNEL_INIT_MODEL"] = str(folders["init_model"])
         validation = folders["validation"] / "validation.jsonl"
         if validation.exists() and validation.stat().st_size > 0:
             env["SM_CHANNEL_VALIDATION"] = str(folders["validation"])
         return env
 
-    def _handle_line(self, stream: str, line: str) -> None:
+    def _handle_line(self, stream: str, line: str) -> str | None:
+        """Log the line, and apply it when it is an event; returns the event's kind."""
         event = _parse_event(line) if stream == "out" else None
         if event is None:
             self._log(line)
-            return
+            return None
         if event["event"] == "done":
             self.saw_done = True
         if event["event"] == "error":
+            # The job ends failed with it once the script has exited (_finish), not before:
+            # the checkpoint it may have left is stored first, so a Retry at once resumes from it.
             self.last_error = str(event.get("message") or "")
-        lifecycle.record_event(self.job.pk, event)
+        else:
+            lifecycle.record_event(self.job.pk, event)
         self._log(lifecycle.describe_event(event))
+        return event["event"]
 
     def _tick(self, process: subprocess.Popen) -> None:
         now = time.monotonic()
@@ -278,6 +309,51 @@ class LocalRun:
             logger.exception("could not store the log of job %s", self.job.pk)
             return
         TrainingJob.objects.filter(pk=self.job.pk).update(log_key=stored)
+
+
+class CheckpointUploader:
+    """Stores the run's newest checkpoint while it trains, in a thread of its own, so that a large
+    upload never holds up the heartbeats; `finish` stores the last one once the script has ended."""
+
+    def __init__(self, job: TrainingJob, folder: Path) -> None:
+        self.job, self.folder = job, folder
+        self.said: queue.SimpleQueue[str] = queue.SimpleQueue()  # log lines, for the run's thread
+        self.wanted = threading.Event()
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name=f"checkpoints-{job.pk}", daemon=True)
+        self.thread.start()
+
+    def messages(self) -> list[str]:
+        lines = []
+        while not self.said.empty():
+            lines.append(self.said.get())
+        return lines
+
+    def request(self) -> None:
+        self.wanted.set()
+
+    def finish(self) -> None:
+        self.done.set()
+        self.wanted.set()
+        self.thread.join()
+        self._store()
+
+    def _loop(self) -> None:
+        while not self.done.is_set():
+            self.wanted.wait()
+            self.wanted.clear()
+            if not self.done.is_set():
+                self._store()
+
+    def _store(self) -> None:
+        try:
+            step = checkpoints.upload_latest(self.job, self.folder)
+        except storage.STORAGE_ERRORS as error:
+            logger.exception("job %s: could not store its checkpoint", self.job.pk)
+            self.said.put(f"Could not store the latest checkpoint ({storage.describe(error)})")
+            return
+        if step is not None:
+            self.said.put(f"Checkpoint at step {step} stored: the job can resume from it")
 
 
 def _should_stop(status: str | None) -> bool:

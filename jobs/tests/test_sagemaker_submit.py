@@ -172,7 +172,9 @@ def test_a_gpu_job_is_created_on_the_hugging_face_image_with_our_name_data_and_c
     assert found["code"].startswith(f"s3://{BUCKET}/{prefix}/source/")
     assert request["OutputDataConfig"]["S3OutputPath"] == f"s3://{BUCKET}/{prefix}/"
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 25568}  # $10 at $1.408/h
-    assert "EnableManagedSpotTraining" not in request and "CheckpointConfig" not in request
+    assert "EnableManagedSpotTraining" not in request
+    # Every job keeps checkpoints, so a stopped or capped one can resume (test_resume_sagemaker.py).
+    assert request["CheckpointConfig"]["S3Uri"] == f"s3://{BUCKET}/{prefix}/checkpoints/"
     assert request["RoleArn"] == ROLE_ARN
     assert {"Key": "llmtuner:owner", "Value": str(owner.pk)} in request["Tags"]
     assert {"Key": "llmtuner:job", "Value": str(job.pk)} in request["Tags"]

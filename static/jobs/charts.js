@@ -2,7 +2,8 @@
  * compare page's. One function, so both pages look and behave alike.
  *
  * lossChart(root, series) draws into root's [data-chart-canvas] and returns an object with
- * update(series). A series is {label, points: [[step, value], ...], colour, dashed}; points
+ * update(series, markers); a marker {step, label, name} is a dashed vertical line with its
+ * label, a DOM element over the canvas carrying data-<name>="<step>". A series is {label, points: [[step, value], ...], colour, dashed}; points
  * need not share steps (uPlot.join aligns them) and gaps are spanned. root gets
  * data-series (the labels drawn, space-separated) and data-drawn (how many points).
  */
@@ -29,6 +30,19 @@
     const target = root.querySelector("[data-chart-canvas]") || root;
     let plot = null;
     let labels = "";
+    let marks = [];
+
+    function placeMarkers(u) {
+      for (const node of u.over.querySelectorAll(".chart-marker")) node.remove();
+      for (const mark of marks) {
+        const node = document.createElement("div");
+        node.className = "chart-marker";
+        node.dataset[mark.name.replace(/-(\w)/g, (m, c) => c.toUpperCase())] = String(mark.step);
+        node.textContent = mark.label;
+        node.style.left = u.valToPos(mark.step, "x") + "px";
+        u.over.append(node);
+      }
+    }
 
     function options(list) {
       return {
@@ -36,6 +50,7 @@
         height: HEIGHT,
         scales: { x: { time: false } },
         cursor: { drag: { x: true, y: false } },
+        hooks: { draw: [placeMarkers] },
         legend: { live: true },
         axes: [
           { label: "step", size: 40 },
@@ -56,13 +71,15 @@
       };
     }
 
-    function update(list) {
+    function update(list, markers) {
+      marks = markers || [];
       const drawn = list.filter((s) => s.points.length);
       root.dataset.drawn = String(drawn.reduce((n, s) => n + s.points.length, 0));
       if (!drawn.length) return;
       const names = drawn.map((s) => s.label).join("\n");
       if (plot && names === labels) {
         plot.setData(columns(drawn));
+        placeMarkers(plot);
       } else {
         if (plot) plot.destroy();
         labels = names;

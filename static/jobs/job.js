@@ -17,6 +17,7 @@
     const evals = [];
     const chart = window.LLMTunerCharts.lossChart(root, []);
     let after = 0;
+    let resumedAt = 0; // a resumed attempt: the step its checkpoint was at
 
     async function tick() {
       let response, data;
@@ -40,13 +41,19 @@
         if (evalLoss !== null) evals.push([step, evalLoss]);
       }
       after = data.after;
+      resumedAt = data.resumed_at_step || 0;
       root.dataset.points = String(train.length + evals.length);
       if (data.points.length) {
         if (empty) empty.hidden = true;
-        chart.update([
-          { key: "train", label: "training loss", points: train, colour: "#3b5bdb" },
-          { key: "eval", label: "evaluation loss", points: evals, colour: "#d9480f", dashed: true },
-        ]);
+        // Where this attempt took over from the earlier one's checkpoint (jobs/_resume.html says so in words).
+        const markers = resumedAt > 0 ? [{ step: resumedAt, label: "resumed at " + resumedAt, name: "resumed-at" }] : [];
+        chart.update(
+          [
+            { key: "train", label: "training loss", points: train, colour: "#3b5bdb" },
+            { key: "eval", label: "evaluation loss", points: evals, colour: "#d9480f", dashed: true },
+          ],
+          markers,
+        );
       }
       if (response.status === 286 || data.final) {
         root.dataset.done = "true";

@@ -25,7 +25,7 @@ import boto3
 from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 from django.conf import settings
 
-from jobs import lifecycle, pricing
+from jobs import artifacts, checkpoints, lifecycle, pricing
 from jobs.backends.sagemaker.clients import aws
 from jobs.backends.sagemaker.config import (
     bucket_name,
@@ -160,7 +160,9 @@ def runtime_limit(job: TrainingJob, instance_type: InstanceType) -> int:
     return seconds
 
 
-def build_submission(job: TrainingJob, channels: dict[str, str], region: str) -> Submission:
+def build_submission(
+    job: TrainingJob, channels: dict[str, str], region: str, checkpoint_uri: str | None = None
+) -> Submission:
     """The request for `job` (pure: settings, the catalogue and the job). Raises SageMakerError."""
     instance_type = job.instance_type
     if instance_type is None:
@@ -196,7 +198,8 @@ def build_submission(job: TrainingJob, channels: dict[str, str], region: str) ->
         max_wait_seconds=min(2 * max_runtime, pricing.SAGEMAKER_MAX_RUNTIME_SECONDS)
         if job.use_spot
         else None,
-        checkpoint_uri=f"s3://{bucket}/{prefix}/checkpoints/" if job.use_spot else None,
+        # Every job keeps checkpoints (a spot restart, a Resume, on either backend: jobs/checkpoints.py).
+        checkpoint_uri=checkpoint_uri or checkpoints_uri(job),
         tags={"llmtuner:owner": str(job.owner_id), "llmtuner:job": str(job.pk)},
         environment=environment,
     )
@@ -212,7 +215,7 @@ def data_channels(job: TrainingJob) -> dict[str, str]:
     keys = {"train": dataset.train_file}
     if dataset.validation_file:
         keys["validation"] = dataset.validation_file
-    if storage.is_s3() and not settings.AWS_S3_ENDPOINT_URL:
+    if reads_storage_directly():
         # The datasets bucket is in AWS: SageMaker reads it directly (the role needs s3:GetObject there).
         return {channel: storage.s3_uri(key) for channel, key in keys.items()}
     channels = {}
@@ -222,6 +225,59 @@ def data_channels(job: TrainingJob) -> dict[str, str]:
             aws().s3.upload_fileobj(stream, bucket_name(), target)
         channels[channel] = f"s3://{bucket_name()}/{target}"
     return channels
+
+
+def reads_storage_directly() -> bool:
+    """Whether SageMaker reads and writes our storage's own keys (S3 in AWS, not an emulator)."""
+    return storage.is_s3() and not settings.AWS_S3_ENDPOINT_URL
+
+
+def checkpoints_uri(job: TrainingJob) -> str:
+    """Where SageMaker keeps the job's checkpoints: the very keys of its chain's checkpoints in storage,
+    or, when SageMaker cannot reach our storage, the same keys in the SageMaker bucket."""
+    prefix = checkpoints.prefix(job)
+    if reads_storage_directly():
+        return storage.s3_uri(prefix)
+    return f"s3://{bucket_name()}/{prefix}"
+
+
+def copy_checkpoint_up(job: TrainingJob) -> None:
+    """Storage SageMaker cannot reach: copy the chain's newest checkpoint (say, one a local attempt
+    made) to the same keys in the SageMaker bucket, state.json last, so the job resumes from it."""
+    if reads_storage_directly():
+        return
+    step = checkpoints.latest_step(job)
+    if step is None:
+        return
+    folder = f"{checkpoints.prefix(job)}checkpoint-{step}/"
+    keys = sorted(storage.list_keys(folder), key=lambda key: key.endswith(f"/{checkpoints.COMPLETE_MARKER}"))
+    for key in keys:
+        with storage.open_stream(key) as stream:
+            aws().s3.upload_fileobj(stream, bucket_name(), key)
+
+
+def init_model_channel(job: TrainingJob) -> dict[str, str]:
+    """A continued job's `init_model` channel: the tuned model it starts from (contract C3).
+
+    A SageMaker job's model.tar.gz as it is (the script extracts it); a local job's model folder
+    where it is stored, or copied to the SageMaker bucket when SageMaker cannot reach storage.
+    """
+    source = job.continued_from
+    if source is None:
+        return {}
+    try:
+        location = artifacts.locate(source)
+    except artifacts.ModelArtifactsError as error:
+        raise SageMakerError(f"The tuned model it continues from is not there: {error}") from None
+    if location.startswith("s3://"):
+        return {"init_model": location}
+    if reads_storage_directly():
+        return {"init_model": storage.s3_uri(location)}
+    target = f"{job_prefix(job)}/init_model/"
+    for key in storage.list_keys(location):
+        with storage.open_stream(key) as stream:
+            aws().s3.upload_fileobj(stream, bucket_name(), target + key.removeprefix(location))
+    return {"init_model": f"s3://{bucket_name()}/{target}"}
 
 
 @functools.cache
@@ -350,7 +406,9 @@ def submit_job(job_id: int) -> None:
     try:
         if not is_configured():
             raise SageMakerError(f"SageMaker is {unavailable_reason()}.")
-        submission = build_submission(job, data_channels(job), aws().region)
+        copy_checkpoint_up(job)
+        channels = {**data_channels(job), **init_model_channel(job)}
+        submission = build_submission(job, channels, aws().region)
         launch(submission, aws().session)
     except SageMakerError as error:
         _fail_submission(job_id, str(error))
