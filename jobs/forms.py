@@ -12,7 +12,7 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import presets, pricing
+from jobs import hub_check, presets, pricing
 from jobs.estimate import Estimate, estimate_job
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
 from llmtuner.forms import ShortRefusalsMixin
@@ -263,6 +263,10 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         clean, errors = validate_hyperparameters(values)
         for name, message in errors.items():
             self.add_error(name if name in self.fields else None, f"{name} {message}")
+        # The worker's answer about a Hub model, when it is in (jobs/hub_check.py).
+        hub_refusal = hub_check.launch_refusal(base_model.hub_id) if base_model else ""
+        if hub_refusal:
+            self.add_error("base_model", hub_refusal)
         data["hyperparameters"] = clean
         if data.get("backend") == Backend.SAGEMAKER:
             if not data.get("instance_type"):

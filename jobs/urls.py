@@ -9,6 +9,7 @@ urlpatterns = [
     path("", views.job_list, name="list"),
     path("new/", views.new_job, name="new"),
     path("new/estimate/", views.estimate, name="estimate"),
+    path("new/hub-check/<id:pk>/", views.hub_check, name="hub_check"),
     path("<id:pk>/", views.detail, name="detail"),
     path("<id:pk>/progress/", views.progress, name="progress"),
     path("<id:pk>/metrics/", views.metrics, name="metrics"),

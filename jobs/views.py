@@ -34,6 +34,7 @@ from django_htmx.http import HttpResponseClientRedirect
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
 from jobs import actions, artifacts, lifecycle, polling, pricing
+from jobs import hub_check as hub
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -44,7 +45,7 @@ from jobs.forms import (
     initial_from_job,
     ready_datasets,
 )
-from jobs.models import FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from jobs.models import FINAL_STATES, Backend, BaseModel, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner import storage
 from training_scripts.hyperparameters import HYPERPARAMETERS, validate_hyperparameters
 
@@ -298,6 +299,18 @@ def estimate(request: HttpRequest) -> HttpResponse:
     if refill:
         html += render_to_string("jobs/new.html#hyperparameters", context, request=request)
     return HttpResponse(html)
+
+
+@login_required
+@require_safe
+def hub_check(request: HttpRequest, pk: int) -> HttpResponse:
+    """Whether the worker can fetch this catalogue model from the Hub; polled until the answer is in."""
+    model = get_object_or_404(BaseModel, pk=pk, is_active=True)
+    result = hub.request_check(model.hub_id) if hub.needs_hub(model.hub_id) else None
+    response = render(request, "jobs/_hub_check.html", {"model": model, "check": result})
+    if result is None or result.state != "pending":
+        response.status_code = STOP_POLLING
+    return response
 
 
 @login_required
