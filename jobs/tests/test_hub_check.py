@@ -266,3 +266,18 @@ def test_a_manifest_entry_on_a_model_the_worker_cannot_fetch_is_refused(owner, h
 
     assert "base_model: acme/gated-model is gated and the worker has no HF_TOKEN" in stderr.getvalue()
     assert not TrainingJob.objects.exists()
+
+
+def test_a_cpu_launch_estimated_at_days_says_so_and_suggests_sagemaker_or_a_smaller_model(
+    owner_client, owner
+):
+    dataset = make_ready_dataset(owner)
+    gpt2 = BaseModel.objects.get(hub_id="gpt2")
+
+    long_run = owner_client.get("/jobs/new/estimate/", launch_data(dataset, gpt2, max_steps="100000"))
+    short_run = owner_client.get("/jobs/new/estimate/", launch_data(dataset, gpt2, max_steps="12"))
+
+    html = long_run.content.decode()
+    assert "This would run for days on this machine's CPU (about " in html
+    assert "Train on SageMaker" in html and "choose a smaller model" in html
+    assert "data-long-run" not in short_run.content.decode()
