@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, artifacts, lifecycle, polling, pricing
+from jobs import actions, artifacts, flash, lifecycle, polling, pricing
 from jobs import hub_check as hub
 from jobs.estimate import format_duration
 from jobs.forms import (
@@ -357,7 +357,8 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
 @_polled
 def progress(request: HttpRequest, job: TrainingJob) -> HttpResponse:
     """The polled state of one job: one query, whatever its size; 286 once it is final."""
-    response = render(request, "jobs/detail.html#progress", _progress_context(job))
+    context = {**_progress_context(job), "messages_expired": flash.messages_expired(request.GET, job.status)}
+    response = render(request, "jobs/detail.html#progress", context)
     if job.is_final:
         response.status_code = STOP_POLLING
     return response
