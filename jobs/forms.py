@@ -110,16 +110,20 @@ def hyperparameter_field(param: Param) -> forms.Field:
         labels = {"full": "Full fine-tuning", "lora": "LoRA adapters"}
         choices = [(choice, labels.get(choice, choice)) for choice in param.choices or ()]
         return SpecChoiceField(
-            label=param.name, choices=choices, required=False, help_text=help_text, widget=widget
+            label=param.title, choices=choices, required=False, help_text=help_text, widget=widget
         )
     if param.type == "bool":
-        return forms.BooleanField(label=param.name, required=False, help_text=help_text)
+        return forms.BooleanField(label=param.title, required=False, help_text=help_text)
     mode = {"int": "numeric", "float": "decimal"}.get(param.type, "text")
     attrs = {"inputmode": mode, "autocomplete": "off", "spellcheck": "false"}
     if param.name == "learning_rate":
         attrs["placeholder"] = "automatic"
     return forms.CharField(
-        label=param.name, required=False, strip=True, help_text=help_text, widget=forms.TextInput(attrs=attrs)
+        label=param.title,
+        required=False,
+        strip=True,
+        help_text=help_text,
+        widget=forms.TextInput(attrs=attrs),
     )
 
 

@@ -56,3 +56,70 @@ def test_a_poll_without_or_with_a_nonsense_shown_status_leaves_the_messages(owne
     for query in ({}, {"shown": "exploded"}):
         html = owner_client.get(f"/jobs/{job.pk}/progress/", query).content.decode()
         assert 'id="messages"' not in html
+
+
+# --- Hyperparameters in words -----------------------------------------------------------------------
+
+
+def test_hyperparameters_are_labelled_in_words_with_units_and_the_name_as_a_hint(owner_client, owner):
+    from jobs.tests.conftest import make_ready_dataset
+
+    make_ready_dataset(owner)
+    html = owner_client.get("/jobs/new/").content.decode()
+
+    for name, words in [
+        ("max_seq_length", "Sequence length (tokens)"),
+        ("epochs", "Epochs (passes over the data)"),
+        ("batch_size", "Batch size (sequences per micro-batch)"),
+        ("warmup_ratio", "Warm-up (fraction of the steps)"),
+        ("eval_steps", "Evaluate every (steps)"),
+    ]:
+        assert re.search(
+            rf'<label for="id_{name}">{re.escape(words)}:</label> <code class="muted"[^>]*>{name}</code>',
+            html,
+        ), name
+
+
+def test_a_parameter_without_words_of_its_own_still_reads_as_words():
+    from training_scripts.hyperparameters import Param
+
+    assert Param("checkpoint_minutes", "float", 0.0, "…").title == "Checkpoint minutes"
+    assert Param("x", "int", 1, "…", label="Every", unit="minutes").title == "Every (minutes)"
+
+
+# --- LoRA on a scratch model ------------------------------------------------------------------------
+
+
+def test_lora_on_a_scratch_model_is_refused_on_the_form_with_the_reason(owner_client, owner):
+    from jobs.models import TrainingJob
+    from jobs.tests.conftest import make_ready_dataset, scratch_base_model
+    from jobs.tests.test_hostile_forms import launch_data
+
+    data = launch_data(make_ready_dataset(owner), scratch_base_model(), method="lora")
+    response = owner_client.post("/jobs/new/", data)
+
+    assert response.status_code == 400
+    assert "method must be full for scratch models (got &#x27;lora&#x27;)" in response.content.decode()
+    assert "a scratch model starts from random ones" in response.content.decode()
+    assert not TrainingJob.objects.exists()
+
+
+def test_lora_on_a_scratch_model_is_refused_in_a_manifest(owner, tmp_path):
+    import io
+
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    from jobs.tests.conftest import make_ready_dataset
+
+    dataset = make_ready_dataset(owner)
+    manifest = tmp_path / "jobs.yaml"
+    manifest.write_text(
+        "jobs:\n"
+        f"  - {{name: tiny, user: {owner.email}, dataset: {dataset.pk}, base_model: scratch:tiny-gpt2,"
+        " method: lora}\n"
+    )
+    stderr = io.StringIO()
+    with pytest.raises(CommandError):
+        call_command("submit_jobs", str(manifest), "--dry-run", stderr=stderr)
+    assert "method: must be full for scratch models (got 'lora')" in stderr.getvalue()

@@ -86,10 +86,10 @@ def test_a_bad_value_is_named_with_finetune_pys_own_message(owner, dataset, fiel
 
 
 def test_rules_across_fields_are_the_scripts_too(owner, dataset):
-    form = NewJobForm(owner, form_data(dataset, method="lora", merge_adapter=None))
+    form = NewJobForm(owner, form_data(dataset, method="lora"))
 
     assert not form.is_valid()
-    assert "merge_adapter must be true for scratch models" in form.errors["merge_adapter"][0]
+    assert "method must be full for scratch models (got 'lora'): LoRA trains" in form.errors["method"][0]
 
 
 def test_an_unchecked_box_means_false_not_the_default(owner, dataset):
