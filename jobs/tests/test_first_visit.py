@@ -123,3 +123,43 @@ def test_lora_on_a_scratch_model_is_refused_in_a_manifest(owner, tmp_path):
     with pytest.raises(CommandError):
         call_command("submit_jobs", str(manifest), "--dry-run", stderr=stderr)
     assert "method: must be full for scratch models (got 'lora')" in stderr.getvalue()
+
+
+# --- The manifest format, documented ------------------------------------------------------------------
+
+
+def manifest_help() -> str:
+    from jobs.management.commands.submit_jobs import Command
+
+    return Command().create_parser("manage.py", "submit_jobs").format_help()
+
+
+def test_submit_jobs_help_documents_every_field_and_hyperparameter_with_an_example():
+    from jobs.batch.reading import FIELDS
+    from training_scripts.hyperparameters import HYPERPARAMETERS
+
+    text = manifest_help()
+    for field in FIELDS:
+        assert f"{field}:" in text or f"`{field}`" in text, field
+    for name in HYPERPARAMETERS:
+        if name != "base_model":
+            assert re.search(rf"^  {name} +\S", text, re.MULTILINE), name
+    assert "    - name: support-bot-small" in text  # the example, as written
+
+
+def test_the_readme_example_is_the_help_example_and_a_manifest_the_reader_accepts(tmp_path):
+    from pathlib import Path
+
+    import yaml
+
+    from jobs.batch.reading import FIELDS
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = re.search(r"## Many jobs at once: manifests.*?```yaml\n(.*?)```", readme, re.DOTALL)[1]
+    help_example = "\n".join(
+        line.removeprefix("  ")
+        for line in manifest_help().split("one entry per job:\n\n")[1].splitlines()[:19]
+    )
+    assert example.strip() == help_example.strip()
+    entries = yaml.safe_load(example)["jobs"]
+    assert len(entries) == 2 and all(set(entry) <= set(FIELDS) for entry in entries)
