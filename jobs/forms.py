@@ -29,6 +29,7 @@ SAGEMAKER_NOT_CONFIGURED = (
     "not configured: set SAGEMAKER_ROLE_ARN (an IAM role SageMaker may assume), AWS credentials and "
     "AWS_STORAGE_BUCKET_NAME to train in the cloud"
 )
+SAGEMAKER_NOT_SET_UP = "not set up on this server yet (an administrator can turn it on)"
 # The hyperparameters are filled in again from the preset when one of these changes.
 FILL_FIELDS = ("preset", "dataset", "base_model")
 
@@ -184,6 +185,9 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         self.user = user
         self.fields["dataset"].queryset = ready_datasets(user)
         self.sagemaker_available, self.sagemaker_reason = sagemaker_availability()
+        if not self.sagemaker_available and not getattr(user, "is_staff", False):
+            # Set-up instructions (environment variables) are for staff; others are told who can act.
+            self.sagemaker_reason = SAGEMAKER_NOT_SET_UP
         unavailable = {} if self.sagemaker_available else {Backend.SAGEMAKER: self.sagemaker_reason}
         self.fields["backend"].widget = BackendSelect(choices=Backend.choices, unavailable=unavailable)
         for name in HYPERPARAMETER_FIELDS:

@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, artifacts, flash, lifecycle, polling, pricing
+from jobs import actions, artifacts, flash, instance_costs, lifecycle, polling, presets, pricing
 from jobs import hub_check as hub
 from jobs.estimate import format_duration
 from jobs.forms import (
@@ -44,6 +44,7 @@ from jobs.forms import (
     initial_for_new_job,
     initial_from_job,
     ready_datasets,
+    sagemaker_availability,
 )
 from jobs.models import FINAL_STATES, Backend, BaseModel, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner import storage
@@ -303,14 +304,54 @@ def estimate(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_safe
-def hub_check(request: HttpRequest, pk: int) -> HttpResponse:
-    """Whether the worker can fetch this catalogue model from the Hub; polled until the answer is in."""
-    model = get_object_or_404(BaseModel, pk=pk, is_active=True)
+def hub_check(request: HttpRequest) -> HttpResponse:
+    """Whether the worker can fetch a catalogue model (?base_model=) from the Hub; polled until answered.
+
+    The catalogue is everyone's: the model is a query parameter, not an owned object's id.
+    """
+    query = NewJobQuery(request.user, request.GET)
+    model = query.cleaned_data.get("base_model") if query.is_valid() else None
+    if model is None:
+        raise Http404("No such model in the catalogue")
     result = hub.request_check(model.hub_id) if hub.needs_hub(model.hub_id) else None
     response = render(request, "jobs/_hub_check.html", {"model": model, "check": result})
     if result is None or result.state != "pending":
         response.status_code = STOP_POLLING
     return response
+
+
+@login_required
+@require_safe
+def instance_types(request: HttpRequest) -> HttpResponse:
+    """The time and cost of every SageMaker instance type for a dataset and model, set up or not."""
+    query = NewJobQuery(request.user, request.GET)
+    query.is_valid()
+    data = query.cleaned_data
+    dataset = data.get("dataset") or ready_datasets(request.user).first()
+    base_model = data.get("base_model") or BaseModel.objects.filter(is_active=True).first()
+    preset = data.get("preset") or presets.AUTOMATIC
+    if preset == presets.CUSTOM:
+        preset = presets.AUTOMATIC
+    rows, errors = [], {}
+    if dataset is not None and base_model is not None:
+        hyperparameters, errors = instance_costs.hyperparameters_for(preset, base_model, dataset)
+        if not errors:
+            rows = instance_costs.instance_costs(dataset, base_model, hyperparameters)
+    available, reason = sagemaker_availability()
+    context = {
+        "query": query,
+        "datasets": ready_datasets(request.user),
+        "models": BaseModel.objects.filter(is_active=True),
+        "presets": [choice for choice in presets.PRESET_CHOICES if choice[0] != presets.CUSTOM],
+        "dataset": dataset,
+        "base_model": base_model,
+        "preset": preset,
+        "rows": rows,
+        "errors": errors,
+        "sagemaker_available": available,
+        "sagemaker_reason": reason,
+    }
+    return render(request, "jobs/instance_types.html", context)
 
 
 @login_required

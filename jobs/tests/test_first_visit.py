@@ -163,3 +163,75 @@ def test_the_readme_example_is_the_help_example_and_a_manifest_the_reader_accept
     assert example.strip() == help_example.strip()
     entries = yaml.safe_load(example)["jobs"]
     assert len(entries) == 2 and all(set(entry) <= set(FIELDS) for entry in entries)
+
+
+# --- What each SageMaker instance type costs ------------------------------------------------------------
+
+
+def test_every_instance_types_cost_can_be_browsed_where_sagemaker_is_not_set_up(owner_client, owner):
+    from decimal import Decimal
+
+    from jobs.forms import estimate_for, sagemaker_availability
+    from jobs.instance_costs import hyperparameters_for
+    from jobs.models import BaseModel, InstanceType
+    from jobs.tests.conftest import make_ready_dataset
+
+    assert sagemaker_availability()[0] is False  # this test machine has no SageMaker set up
+    dataset = make_ready_dataset(owner)
+    gpt2 = BaseModel.objects.get(hub_id="gpt2")
+
+    response = owner_client.get("/jobs/instance-types/", {"dataset": dataset.pk, "base_model": gpt2.pk})
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "SageMaker is not set up on this server yet." in html
+    assert "An administrator of this server can turn it on." in html
+    assert "SAGEMAKER_ROLE_ARN" not in html and "data-setup-instructions" not in html
+    hyperparameters, errors = hyperparameters_for("automatic", gpt2, dataset)
+    assert not errors
+    instances = list(InstanceType.objects.filter(is_active=True))
+    assert len(instances) >= 3
+    for instance in instances:
+        cost = estimate_for(dataset, gpt2, hyperparameters, "sagemaker", instance).cost_usd
+        row = re.search(rf'<tr data-instance="{re.escape(instance.name)}">(.*?)</tr>', html, re.DOTALL)
+        assert row, instance.name
+        assert f"<td data-cost>${cost.quantize(Decimal('0.01'))}</td>" in row[1]
+
+
+def test_staff_see_how_to_set_sagemaker_up_with_its_environment_variables(client, staff):
+    from jobs.tests.conftest import make_ready_dataset
+
+    make_ready_dataset(staff)
+    client.force_login(staff)
+
+    html = client.get("/jobs/instance-types/").content.decode()
+
+    assert "data-setup-instructions" in html
+    for variable in ("SAGEMAKER_ROLE_ARN", "AWS_STORAGE_BUCKET_NAME", "AWS_REGION", "check_sagemaker"):
+        assert variable in html, variable
+    assert "<tr data-instance=" in html  # the first dataset and model, unless chosen
+
+
+def test_the_cost_page_needs_a_login_and_never_shows_someone_elses_dataset(owner_client, outsider):
+    from django.test import Client
+
+    from jobs.tests.conftest import make_ready_dataset
+
+    theirs = make_ready_dataset(outsider, name="Their secrets")
+    assert Client().get("/jobs/instance-types/").status_code == 302
+
+    html = owner_client.get("/jobs/instance-types/", {"dataset": theirs.pk}).content.decode()
+
+    assert "Their secrets" not in html
+    assert "Upload a dataset to see what training on it costs" in html
+
+
+def test_the_new_job_form_links_to_the_instance_costs_and_hides_set_up_from_non_staff(owner_client, owner):
+    from jobs.tests.conftest import make_ready_dataset
+
+    make_ready_dataset(owner)
+    html = owner_client.get("/jobs/new/").content.decode()
+
+    assert 'href="/jobs/instance-types/" data-instance-costs-link' in html
+    assert "SageMaker is not set up on this server yet (an administrator can turn it on)." in html
+    assert "SAGEMAKER_ROLE_ARN" not in html

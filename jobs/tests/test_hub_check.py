@@ -58,9 +58,9 @@ def ask(client, model: BaseModel, capture) -> tuple[int, str]:
     """The form's htmx requests for the check: the first sends the task (run in-process once the
     request commits) and answers 'pending'; the next poll gets the worker's answer."""
     with capture(execute=True):
-        first = client.get(f"/jobs/new/hub-check/{model.pk}/")
+        first = client.get(f"/jobs/new/hub-check/?base_model={model.pk}")
     assert 'data-hub-check="pending"' in first.content.decode()
-    response = client.get(f"/jobs/new/hub-check/{model.pk}/")
+    response = client.get(f"/jobs/new/hub-check/?base_model={model.pk}")
     return response.status_code, response.content.decode()
 
 
@@ -202,12 +202,12 @@ def test_while_the_worker_has_not_answered_the_form_keeps_asking_and_does_not_re
     model = catalogue_model("acme/open-model")
     hub_check.cache.add(hub_check.pending_key(model.hub_id), 1, 30)  # a check already on its way
 
-    response = owner_client.get(f"/jobs/new/hub-check/{model.pk}/")
+    response = owner_client.get(f"/jobs/new/hub-check/?base_model={model.pk}")
 
     assert response.status_code == 200
     html = response.content.decode()
     assert 'data-hub-check="pending"' in html
-    assert f'hx-get="/jobs/new/hub-check/{model.pk}/" hx-trigger="load delay:1s"' in html
+    assert f'hx-get="/jobs/new/hub-check/?base_model={model.pk}" hx-trigger="load delay:1s"' in html
     assert launch(owner_client, owner, model).status_code == 302
 
 
@@ -217,7 +217,7 @@ def test_the_new_job_form_asks_about_a_hub_model_and_not_about_a_scratch_one(own
     scratch = BaseModel.objects.get(hub_id="scratch:tiny-gpt2")
 
     page = owner_client.get(f"/jobs/new/?dataset={dataset.pk}&base_model={model.pk}").content.decode()
-    assert f'hx-get="/jobs/new/hub-check/{model.pk}/" hx-trigger="load"' in page
+    assert f'hx-get="/jobs/new/hub-check/?base_model={model.pk}" hx-trigger="load"' in page
 
     page = owner_client.get(f"/jobs/new/?dataset={dataset.pk}&base_model={scratch.pk}").content.decode()
     assert "hub-check" not in page
@@ -225,9 +225,9 @@ def test_the_new_job_form_asks_about_a_hub_model_and_not_about_a_scratch_one(own
 
 def test_the_check_needs_a_login_and_an_active_catalogue_model(owner_client):
     model = catalogue_model("acme/open-model")
-    assert Client().get(f"/jobs/new/hub-check/{model.pk}/").status_code == 302
+    assert Client().get(f"/jobs/new/hub-check/?base_model={model.pk}").status_code == 302
     BaseModel.objects.filter(pk=model.pk).update(is_active=False)
-    assert owner_client.get(f"/jobs/new/hub-check/{model.pk}/").status_code == 404
+    assert owner_client.get(f"/jobs/new/hub-check/?base_model={model.pk}").status_code == 404
 
 
 def test_the_check_runs_on_the_default_queue():
