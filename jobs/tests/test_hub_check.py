@@ -207,7 +207,10 @@ def test_while_the_worker_has_not_answered_the_form_keeps_asking_and_does_not_re
     assert response.status_code == 200
     html = response.content.decode()
     assert 'data-hub-check="pending"' in html
-    assert f'hx-get="/jobs/new/hub-check/?base_model={model.pk}" hx-trigger="load delay:1s"' in html
+    assert (
+        f'hx-get="/jobs/new/hub-check/?base_model={model.pk}" hx-trigger="load delay:1s" hx-target="this"'
+        in html
+    )
     assert launch(owner_client, owner, model).status_code == 302
 
 
@@ -217,7 +220,7 @@ def test_the_new_job_form_asks_about_a_hub_model_and_not_about_a_scratch_one(own
     scratch = BaseModel.objects.get(hub_id="scratch:tiny-gpt2")
 
     page = owner_client.get(f"/jobs/new/?dataset={dataset.pk}&base_model={model.pk}").content.decode()
-    assert f'hx-get="/jobs/new/hub-check/?base_model={model.pk}" hx-trigger="load"' in page
+    assert f'hx-get="/jobs/new/hub-check/?base_model={model.pk}" hx-trigger="load" hx-target="this"' in page
 
     page = owner_client.get(f"/jobs/new/?dataset={dataset.pk}&base_model={scratch.pk}").content.decode()
     assert "hub-check" not in page
