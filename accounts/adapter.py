@@ -21,17 +21,21 @@ from django.http import HttpRequest
 ACCOUNT_WIDE_ACTION = "login_failed_account"
 
 
+# What every email calls us (its subject, greeting and signature).
+PRODUCT_NAME = "LLM Tuner"
+
+
 @dataclass(frozen=True)
 class EmailSite:
     """The site an email names (allauth's `current_site`): SITE_URL's host, never the request's."""
 
     domain: str
     name: str
+    url: str
 
 
 def email_site() -> EmailSite:
-    host = urlsplit(settings.SITE_URL).netloc
-    return EmailSite(domain=host, name=host)
+    return EmailSite(domain=urlsplit(settings.SITE_URL).netloc, name=PRODUCT_NAME, url=settings.SITE_URL)
 
 
 def on_site(url: str, request_origin: str) -> str:

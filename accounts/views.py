@@ -11,9 +11,10 @@ from accounts.models import HubToken, get_profile, save_hub_token
 
 
 def home(request: HttpRequest) -> HttpResponse:
+    """Signed in: the dashboard. Signed out: a short page on what the product does, to sign up or in."""
     if request.user.is_authenticated:
         return redirect("dashboard")
-    return redirect("account_login")
+    return render(request, "landing.html")
 
 
 @login_required

@@ -13,7 +13,7 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import memory, presets, pricing
+from jobs import hub_check, memory, presets, pricing
 from jobs.estimate import Estimate, estimate_job
 from jobs.models import (
     FINAL_STATES,
@@ -45,6 +45,7 @@ SAGEMAKER_NOT_CONFIGURED = (
     "not configured: set SAGEMAKER_ROLE_ARN (an IAM role SageMaker may assume), AWS credentials and "
     "AWS_STORAGE_BUCKET_NAME to train in the cloud"
 )
+SAGEMAKER_NOT_SET_UP = "not set up on this server yet (an administrator can turn it on)"
 # The hyperparameters are filled in again from the preset when one of these changes.
 FILL_FIELDS = ("preset", "dataset", "base_model")
 MAX_INSTANCE_COUNT = memory.MAX_INSTANCE_COUNT
@@ -135,16 +136,20 @@ def hyperparameter_field(param: Param) -> forms.Field:
         labels = METHOD_LABELS if param.name == "method" else {}
         choices = [(choice, labels.get(choice, choice)) for choice in param.choices or ()]
         return SpecChoiceField(
-            label=param.name, choices=choices, required=False, help_text=help_text, widget=widget
+            label=param.title, choices=choices, required=False, help_text=help_text, widget=widget
         )
     if param.type == "bool":
-        return forms.BooleanField(label=param.name, required=False, help_text=help_text)
+        return forms.BooleanField(label=param.title, required=False, help_text=help_text)
     mode = {"int": "numeric", "float": "decimal"}.get(param.type, "text")
     attrs = {"inputmode": mode, "autocomplete": "off", "spellcheck": "false"}
     if param.name == "learning_rate":
         attrs["placeholder"] = "automatic"
     return forms.CharField(
-        label=param.name, required=False, strip=True, help_text=help_text, widget=forms.TextInput(attrs=attrs)
+        label=param.title,
+        required=False,
+        strip=True,
+        help_text=help_text,
+        widget=forms.TextInput(attrs=attrs),
     )
 
 
@@ -215,6 +220,9 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         self.user = user
         self.fields["dataset"].queryset = ready_datasets(user)
         self.sagemaker_available, self.sagemaker_reason = sagemaker_availability()
+        if not self.sagemaker_available and not getattr(user, "is_staff", False):
+            # Set-up instructions (environment variables) are for staff; others are told who can act.
+            self.sagemaker_reason = SAGEMAKER_NOT_SET_UP
         unavailable = {} if self.sagemaker_available else {Backend.SAGEMAKER: self.sagemaker_reason}
         self.fields["backend"].widget = BackendSelect(choices=Backend.choices, unavailable=unavailable)
         for name in HYPERPARAMETER_FIELDS:
@@ -300,6 +308,10 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         clean, errors = validate_hyperparameters(values)
         for name, message in errors.items():
             self.add_error(name if name in self.fields else None, f"{name} {message}")
+        # The worker's answer about a Hub model, when it is in (jobs/hub_check.py).
+        hub_refusal = hub_check.launch_refusal(base_model.hub_id) if base_model else ""
+        if hub_refusal:
+            self.add_error("base_model", hub_refusal)
         if data.get("backend") == Backend.SAGEMAKER:
             if not data.get("instance_type"):
                 self.add_error("instance_type", "Choose an instance type to train on SageMaker.")

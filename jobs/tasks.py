@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 from django.conf import settings
 
-from jobs import backends, hub_push, lifecycle, notifications
+from jobs import backends, hub_check, hub_push, lifecycle, notifications
 from jobs.backends import local, sagemaker
 from jobs.playground import runs as playground
 
@@ -13,6 +13,12 @@ from jobs.playground import runs as playground
 @shared_task(acks_late=True)
 def run_local_job(job_id: int) -> None:
     local.run_job(job_id)
+
+
+@shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)
+def check_hub_model(hub_id: str) -> None:
+    # On the default queue: a quick question to the Hub, never behind a training run.
+    hub_check.check_and_store(hub_id)
 
 
 @shared_task(ignore_result=True)

@@ -33,7 +33,19 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, artifacts, compare, lifecycle, polling, pricing, resume
+from jobs import (
+    actions,
+    artifacts,
+    compare,
+    flash,
+    instance_costs,
+    lifecycle,
+    polling,
+    presets,
+    pricing,
+    resume,
+)
+from jobs import hub_check as hub
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -43,8 +55,9 @@ from jobs.forms import (
     initial_for_new_job,
     initial_from_job,
     ready_datasets,
+    sagemaker_availability,
 )
-from jobs.models import FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
+from jobs.models import FINAL_STATES, Backend, BaseModel, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner import storage
 from training_scripts.hyperparameters import HYPERPARAMETERS, validate_hyperparameters
 
@@ -332,6 +345,58 @@ def estimate(request: HttpRequest) -> HttpResponse:
 
 @login_required
 @require_safe
+def hub_check(request: HttpRequest) -> HttpResponse:
+    """Whether the worker can fetch a catalogue model (?base_model=) from the Hub; polled until answered.
+
+    The catalogue is everyone's: the model is a query parameter, not an owned object's id.
+    """
+    query = NewJobQuery(request.user, request.GET)
+    model = query.cleaned_data.get("base_model") if query.is_valid() else None
+    if model is None:
+        raise Http404("No such model in the catalogue")
+    result = hub.request_check(model.hub_id) if hub.needs_hub(model.hub_id) else None
+    response = render(request, "jobs/_hub_check.html", {"model": model, "check": result})
+    if result is None or result.state != "pending":
+        response.status_code = STOP_POLLING
+    return response
+
+
+@login_required
+@require_safe
+def instance_types(request: HttpRequest) -> HttpResponse:
+    """The time and cost of every SageMaker instance type for a dataset and model, set up or not."""
+    query = NewJobQuery(request.user, request.GET)
+    query.is_valid()
+    data = query.cleaned_data
+    dataset = data.get("dataset") or ready_datasets(request.user).first()
+    base_model = data.get("base_model") or BaseModel.objects.filter(is_active=True).first()
+    preset = data.get("preset") or presets.AUTOMATIC
+    if preset == presets.CUSTOM:
+        preset = presets.AUTOMATIC
+    rows, errors = [], {}
+    if dataset is not None and base_model is not None:
+        hyperparameters, errors = instance_costs.hyperparameters_for(preset, base_model, dataset)
+        if not errors:
+            rows = instance_costs.instance_costs(dataset, base_model, hyperparameters)
+    available, reason = sagemaker_availability()
+    context = {
+        "query": query,
+        "datasets": ready_datasets(request.user),
+        "models": BaseModel.objects.filter(is_active=True),
+        "presets": [choice for choice in presets.PRESET_CHOICES if choice[0] != presets.CUSTOM],
+        "dataset": dataset,
+        "base_model": base_model,
+        "preset": preset,
+        "rows": rows,
+        "errors": errors,
+        "sagemaker_available": available,
+        "sagemaker_reason": reason,
+    }
+    return render(request, "jobs/instance_types.html", context)
+
+
+@login_required
+@require_safe
 def clone(request: HttpRequest, pk: int) -> HttpResponse:
     """A new-job form with this job's settings."""
     source = _get_job_for_user(request, pk)
@@ -403,7 +468,8 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
 @_polled
 def progress(request: HttpRequest, job: TrainingJob) -> HttpResponse:
     """The polled state of one job: one query, whatever its size; 286 once it is final."""
-    response = render(request, "jobs/detail.html#progress", _progress_context(job))
+    context = {**_progress_context(job), "messages_expired": flash.messages_expired(request.GET, job.status)}
+    response = render(request, "jobs/detail.html#progress", context)
     if job.is_final:
         response.status_code = STOP_POLLING
     return response

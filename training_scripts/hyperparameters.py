@@ -79,6 +79,15 @@ class Param:
     min_exclusive: bool = False
     choices: tuple[str, ...] | None = None
     max_length: int | None = None
+    label: str = ""  # in words, for the form (the name is shown beside it as a hint); see LABELS
+    unit: str = ""  # what a number counts, e.g. "tokens"
+
+    @property
+    def title(self) -> str:
+        """The form's label: words, with the unit: ``Sequence length (tokens)``."""
+        label, unit = (self.label, self.unit) if self.label else LABELS.get(self.name, ("", ""))
+        label = label or self.name.replace("_", " ").capitalize()
+        return f"{label} ({unit})" if unit else label
 
     def describe_range(self) -> str:
         if self.type == "choice":
@@ -194,6 +203,35 @@ _SPEC: tuple[Param, ...] = (
     ),
     Param("sample_max_new_tokens", "int", 64, "New tokens per sample generation.", min=1, max=4096),
 )
+
+# The form's words and units for the parameters above (a new Param may set label= and unit= itself).
+LABELS: dict[str, tuple[str, str]] = {
+    "base_model": ("Base model", ""),
+    "method": ("Method", ""),
+    "epochs": ("Epochs", "passes over the data"),
+    "max_steps": ("Maximum steps", "optimizer steps, 0 = no cap"),
+    "learning_rate": ("Learning rate", "peak"),
+    "batch_size": ("Batch size", "sequences per micro-batch"),
+    "gradient_accumulation_steps": ("Gradient accumulation", "micro-batches per step"),
+    "max_seq_length": ("Sequence length", "tokens"),
+    "warmup_ratio": ("Warm-up", "fraction of the steps"),
+    "weight_decay": ("Weight decay", "AdamW"),
+    "lr_scheduler": ("Learning-rate schedule", ""),
+    "seed": ("Random seed", ""),
+    "packing": ("Pack samples together", ""),
+    "lora_r": ("LoRA rank", ""),
+    "lora_alpha": ("LoRA scaling", "alpha"),
+    "lora_dropout": ("LoRA dropout", "probability"),
+    "gradient_checkpointing": ("Gradient checkpointing", ""),
+    "merge_adapter": ("Merge the adapter into the model", ""),
+    "max_grad_norm": ("Gradient clipping", "norm, 0 = off"),
+    "eval_steps": ("Evaluate every", "steps"),
+    "logging_steps": ("Report progress every", "steps"),
+    "save_steps": ("Save a checkpoint every", "steps"),
+    "validation_split": ("Held out for evaluation", "fraction of the samples"),
+    "num_sample_generations": ("Sample generations", "samples"),
+    "sample_max_new_tokens": ("Sample length", "new tokens"),
+}
 
 HYPERPARAMETERS: dict[str, Param] = {p.name: p for p in _SPEC}
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in _SPEC}
@@ -343,15 +381,12 @@ def validate_hyperparameters(values: Mapping[str, Any] | None) -> tuple[dict[str
     if "base_model" not in errors and is_scratch_model(base) and base not in SCRATCH_MODELS:
         known_scratch = ", ".join(SCRATCH_MODELS)
         errors["base_model"] = f"unknown scratch model {describe_value(base)}: use one of {known_scratch}"
-    if (
-        not errors.get("base_model")
-        and is_scratch_model(base)
-        and clean.get("method") == "lora"
-        and clean.get("merge_adapter") is False
-    ):
-        errors["merge_adapter"] = (
-            "must be true for scratch models: a separate LoRA adapter needs a base model that can be "
-            "loaded again (a Hub id or a local folder)"
+    method_ok = "method" not in errors and clean.get("method", "full") == "full"
+    if "base_model" not in errors and is_scratch_model(base) and not method_ok and "method" not in errors:
+        errors["method"] = (
+            f"must be full for scratch models (got {describe_value(clean['method'])}): LoRA trains small "
+            "adapters on top of a model's learned weights, and a scratch model starts from random ones. "
+            "Choose full fine-tuning, or a Hub model for LoRA"
         )
     if clean.get("learning_rate") is None and "learning_rate" not in errors:
         if is_scratch_model(base):

@@ -31,7 +31,7 @@ from llmtuner import storage
 # URL configuration modules that are ours; allauth's and the admin's have their own tests.
 OUR_URLCONFS = ("accounts.urls", "datasets_app.urls", "jobs.urls")
 # Patterns of ours that anyone may open without logging in.
-PUBLIC = {"health"}
+PUBLIC = {"health", "home"}  # home: the landing page for visitors
 MISSING_ID = 987_654_321
 
 

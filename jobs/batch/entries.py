@@ -16,7 +16,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from jobs import presets, pricing
+from jobs import hub_check, presets, pricing
 from jobs.batch.datasets import check_dataset, check_dataset_file_only
 from jobs.batch.launch_form import check_budgets, check_with_form
 from jobs.batch.plan import ALREADY, Entry, ManifestError, Plan
@@ -155,6 +155,10 @@ def _check_model(entry: Entry) -> None:
         entry.base_model = find_model(wanted)
     except UnknownModel as error:
         entry.problem("base_model", str(error))
+        return
+    if hub_check.needs_hub(entry.base_model.hub_id):
+        # The worker's answer, for the launch form's check below to refuse a model it cannot fetch.
+        hub_check.wait_for_result(entry.base_model.hub_id, hub_check.MANIFEST_WAIT_SECONDS)
 
 
 def _check_backend(entry: Entry) -> None:

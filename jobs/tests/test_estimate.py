@@ -30,7 +30,7 @@ CPU_ONLY = SimpleNamespace(
 
 
 def hp(**values):
-    clean, errors = validate_hyperparameters({"base_model": "scratch:tiny-gpt2", **values})
+    clean, errors = validate_hyperparameters({"base_model": "gpt2", **values})  # LoRA needs a Hub model
     assert not errors
     return clean
 

@@ -86,10 +86,10 @@ def test_a_bad_value_is_named_with_finetune_pys_own_message(owner, dataset, fiel
 
 
 def test_rules_across_fields_are_the_scripts_too(owner, dataset):
-    form = NewJobForm(owner, form_data(dataset, method="lora", merge_adapter=None))
+    form = NewJobForm(owner, form_data(dataset, method="lora"))
 
     assert not form.is_valid()
-    assert "merge_adapter must be true for scratch models" in form.errors["merge_adapter"][0]
+    assert "method must be full for scratch models (got 'lora'): LoRA trains" in form.errors["method"][0]
 
 
 def test_an_unchecked_box_means_false_not_the_default(owner, dataset):
@@ -129,9 +129,11 @@ def test_an_inactive_model_cannot_be_chosen(owner, dataset):
     assert "base_model" in form.errors
 
 
-def test_sagemaker_is_shown_disabled_with_the_reason_until_it_is_configured(owner, dataset, monkeypatch):
+def test_sagemaker_is_shown_disabled_with_the_reason_until_it_is_configured(staff, dataset, monkeypatch):
     monkeypatch.setattr(forms, "sagemaker_availability", lambda: (False, forms.SAGEMAKER_NOT_CONFIGURED))
-    form = NewJobForm(owner, form_data(dataset, backend="sagemaker"))
+    dataset.owner = staff  # staff see how to set it up; others, that it is not (test_first_visit.py)
+    dataset.save()
+    form = NewJobForm(staff, form_data(dataset, backend="sagemaker"))
 
     assert not form.is_valid()
     assert "SAGEMAKER_ROLE_ARN" in form.errors["backend"][0]

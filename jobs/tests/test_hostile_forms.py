@@ -280,7 +280,9 @@ def test_a_name_with_a_line_break_from_elsewhere_still_gets_its_email_on_one_lin
     assert send_job_finished_email(job.pk)
 
     (email,) = mailoutbox
-    assert email.subject == "Your training job “Quarterly Bcc: everyone@example.com [2J” completed"
+    assert (
+        email.subject == "[LLM Tuner] Your training job “Quarterly Bcc: everyone@example.com [2J” completed"
+    )
     assert email.bcc == [] and email.to == [owner.email]
 
 

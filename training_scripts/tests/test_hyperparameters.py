@@ -70,7 +70,7 @@ def test_learning_rate_default_follows_method():
         ({"learning_rate": "nan"}, "learning_rate", "a number"),
         ({"base_model": "scratch:huge"}, "base_model", "scratch:tiny-gpt2"),
         ({"base_model": "a\nb"}, "base_model", "control characters"),
-        ({"method": "lora", "merge_adapter": False}, "merge_adapter", "must be true for scratch models"),
+        ({"method": "lora"}, "method", "must be full for scratch models (got 'lora'): LoRA trains small"),
         ({"foo": 1}, "foo", "unknown hyperparameter 'foo'"),
     ],
 )
@@ -94,6 +94,10 @@ _valid_values = st.fixed_dictionaries(
         "lr_scheduler": st.sampled_from(["linear", "cosine", "constant"]),
         "seed": st.integers(0, 2**31 - 1),
     },
+).filter(  # LoRA needs a model with learned weights: refused on a scratch one
+    lambda values: (
+        values.get("method") != "lora" or not values.get("base_model", "scratch:").startswith("scratch:")
+    )
 )
 
 

@@ -12,18 +12,70 @@ submitted (now or before), 1 otherwise.
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, DjangoHelpFormatter
 
 from jobs import batch, reports
 from jobs.estimate import format_duration
 from jobs.models import Backend
+from training_scripts.hyperparameters import HYPERPARAMETERS
+
+# What --help prints after the options; the README's "Many jobs at once" section says the same.
+MANIFEST_FORMAT = """\
+The manifest (YAML, or JSON, or CSV with the same columns), one entry per job:
+
+  jobs:
+    - name: support-bot-small          # required: the job's name
+      user: alice@example.com          # required: the account the job belongs to
+      dataset: data/support.csv        # required: a file (read from the manifest's folder and
+                                       #   imported for the user) or the id of a ready dataset
+      mapping: prompt:question,completion:answer   # optional, files only: column -> field
+      base_model: scratch:tiny-gpt2    # required: a catalogue Hub id or name ("GPT-2 small")
+      backend: local                   # local (default) or sagemaker
+      hyperparameters: {epochs: 1, max_steps: 50}
+    - name: support-bot-cloud
+      user: alice@example.com
+      dataset: 12
+      base_model: Qwen/Qwen2.5-0.5B
+      backend: sagemaker
+      instance_type: ml.g5.xlarge      # required for sagemaker
+      method: lora                     # full (default) or lora; lora needs a Hub model
+      preset: automatic                # optional: automatic, quick, balanced or thorough
+      max_cost_usd: 5                  # optional, sagemaker: AWS stops the job at this cost
+
+  In CSV: hyperparameters as a JSON object in a `hyperparameters` column, or one `hp.<name>`
+  column each (hp.epochs, hp.max_steps, ...).
+
+Hyperparameters are the new-job form's, by name, with its rules; the form shows each one's
+range. A Hub model the worker cannot fetch (missing, gated without access) is refused before
+anything is submitted.
+
+{hyperparameters}
+
+Every entry is checked before anything is imported or submitted, and every problem is listed
+with its entry and field. Running the same manifest again submits only what was not submitted.
+"""
+
+
+def hyperparameter_list() -> str:
+    lines = [f"  {name:<28} {param.title}" for name, param in HYPERPARAMETERS.items() if name != "base_model"]
+    return "Hyperparameters:\n" + "\n".join(lines)
+
+
+class ManifestHelpFormatter(DjangoHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Django's option order, with the manifest example printed as written."""
 
 
 class Command(BaseCommand):
     help = "Check a manifest of training jobs (YAML or CSV), import its dataset files and submit the jobs."
+
+    def create_parser(self, prog_name: str, subcommand: str, **kwargs) -> CommandParser:
+        kwargs.setdefault("formatter_class", ManifestHelpFormatter)
+        kwargs.setdefault("epilog", MANIFEST_FORMAT.replace("{hyperparameters}", hyperparameter_list()))
+        return super().create_parser(prog_name, subcommand, **kwargs)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("manifest", type=Path, help="the manifest: .yaml/.yml or .csv")
