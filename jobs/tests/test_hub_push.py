@@ -4,7 +4,6 @@ page in a task, against a stand-in Hub on localhost (jobs/tests/hub_stand_in.py)
 from __future__ import annotations
 
 import io
-import socket
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from accounts.models import HubToken, save_hub_token
 from jobs import hub_push, tasks
 from jobs.models import Backend, HubPush, HubPushStatus
 from jobs.tests.conftest import completed, make_job, sagemaker_job, tar_gz
-from jobs.tests.hub_stand_in import HubStandIn
+from jobs.tests.stand_in_hub import StandInHub, closed_port_url
 from llmtuner import storage
 
 pytestmark = pytest.mark.django_db
@@ -33,7 +32,7 @@ MODEL_FILES = {
 
 @pytest.fixture
 def hub(settings):
-    with HubStandIn({TOKEN: ("alice", "write"), READ_TOKEN: ("alice", "read")}) as stand_in:
+    with StandInHub(accounts={TOKEN: ("alice", "write"), READ_TOKEN: ("alice", "read")}) as stand_in:
         settings.HF_ENDPOINT = stand_in.url
         yield stand_in
 
@@ -264,10 +263,7 @@ def test_a_token_the_hub_refuses_ends_the_push_with_what_to_do(owner, hub, token
 
 
 def test_no_network_ends_the_push_saying_the_hub_could_not_be_reached(owner, settings):
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    settings.HF_ENDPOINT = f"http://127.0.0.1:{port}"
+    settings.HF_ENDPOINT = closed_port_url()
     save_hub_token(owner, TOKEN)
     push = queued_push(owner, completed_with_model(owner))
 
@@ -275,7 +271,7 @@ def test_no_network_ends_the_push_saying_the_hub_could_not_be_reached(owner, set
 
     push.refresh_from_db()
     assert push.status == HubPushStatus.FAILED
-    assert push.error.startswith(f"Could not reach the Hugging Face Hub at http://127.0.0.1:{port}")
+    assert push.error.startswith(f"Could not reach the Hugging Face Hub at {settings.HF_ENDPOINT}")
     assert TOKEN not in push.error
 
 

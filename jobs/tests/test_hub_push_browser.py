@@ -12,7 +12,7 @@ from datasets_app.tests.test_browser import log_in
 from jobs import hub_push, tasks
 from jobs.models import HubPush
 from jobs.tests.conftest import completed, make_job, scratch_base_model
-from jobs.tests.hub_stand_in import HubStandIn
+from jobs.tests.stand_in_hub import StandInHub, closed_port_url
 from llmtuner import storage
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
@@ -36,7 +36,7 @@ def test_a_user_saves_a_token_and_pushes_a_model_from_the_job_page(page, setting
     page.locator("[data-hub-token-saved]").wait_for()
     assert TOKEN not in page.content()
 
-    with HubStandIn({TOKEN: ("alice", "write")}) as hub:
+    with StandInHub(accounts={TOKEN: ("alice", "write")}) as hub:
         settings.HF_ENDPOINT = hub.url
         page.goto(f"/jobs/{job.pk}/")
         page.locator("input[name=repo_name]").fill("proverbs-model")
