@@ -12,7 +12,7 @@ from datasets_app.tests.test_browser import log_in
 from jobs import hub_push, tasks
 from jobs.models import HubPush
 from jobs.tests.conftest import completed, make_job, scratch_base_model
-from jobs.tests.stand_in_hub import StandInHub, closed_port_url
+from jobs.tests.stand_in_hub import StandInHub
 from llmtuner import storage
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db(transaction=True)]
