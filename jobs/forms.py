@@ -356,11 +356,6 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
         """Why the chosen method cannot train this model where it was asked to; empty when it can."""
         if method != Method.QLORA:
             return ""
-        if is_scratch_model(base_model.hub_id):
-            return (
-                f"QLoRA quantises a pretrained model's weights to 4 bits; {base_model.hub_id} is built from "
-                "random weights, so there is nothing to quantise: use full fine-tuning."
-            )
         if base_model.architecture == Architecture.SEQ2SEQ:
             return (
                 f"QLoRA is offered for causal language models only; {base_model.name} is "

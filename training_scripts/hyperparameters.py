@@ -383,9 +383,15 @@ def validate_hyperparameters(values: Mapping[str, Any] | None) -> tuple[dict[str
         errors["base_model"] = f"unknown scratch model {describe_value(base)}: use one of {known_scratch}"
     method_ok = "method" not in errors and clean.get("method", "full") == "full"
     if "base_model" not in errors and is_scratch_model(base) and not method_ok and "method" not in errors:
+        why = (
+            "QLoRA quantises a pretrained model's weights to 4 bits, and a scratch model's are random: "
+            "there is nothing to quantise"
+            if clean["method"] == "qlora"
+            else "LoRA trains small adapters on top of a model's learned weights, and a scratch model "
+            "starts from random ones"
+        )
         errors["method"] = (
-            f"must be full for scratch models (got {describe_value(clean['method'])}): LoRA trains small "
-            "adapters on top of a model's learned weights, and a scratch model starts from random ones. "
+            f"must be full for scratch models (got {describe_value(clean['method'])}): {why}. "
             "Choose full fine-tuning, or a Hub model for LoRA"
         )
     if clean.get("learning_rate") is None and "learning_rate" not in errors:

@@ -287,7 +287,7 @@ def test_qlora_is_offered_for_a_causal_model_on_a_gpu_instance(owner, dataset, c
         ("gpt2", "local", "this machine's worker trains on CPU (LOCAL_GPU_MEMORY_GIB is not set)"),
         ("gpt2", "ml.m5.xlarge", "ml.m5.xlarge has none: choose a GPU instance type or use LoRA"),
         ("google/flan-t5-small", "ml.g5.xlarge", "FLAN-T5 Small is sequence-to-sequence: use LoRA"),
-        ("scratch:tiny-gpt2", "ml.g5.xlarge", "built from random weights, so there is nothing to quantise"),
+        ("scratch:tiny-gpt2", "ml.g5.xlarge", "a scratch model's are random: there is nothing to quantise"),
     ],
 )
 def test_qlora_is_refused_where_it_cannot_run_with_the_reason(

@@ -42,7 +42,8 @@ The manifest (YAML, or JSON, or CSV with the same columns), one entry per job:
       base_model: Qwen/Qwen2.5-0.5B
       backend: sagemaker
       instance_type: ml.g5.xlarge      # required for sagemaker
-      method: lora                     # full (default) or lora; lora needs a Hub model
+      instance_count: 1                # optional, sagemaker: 1 to 8 instances (torchrun over all)
+      method: lora                     # full (default), lora or qlora (GPU); both need a Hub model
       preset: automatic                # optional: automatic, quick, balanced or thorough
       max_cost_usd: 5                  # optional, sagemaker: AWS stops the job at this cost
 
