@@ -44,6 +44,10 @@ JOB_FIELDS = (
     "training_started_at",
     "finished_at",
     "heartbeat_at",
+    # Whether a stopped job kept its model so far (jobs.artifacts.has_model), for its buttons.
+    "metrics",
+    "model_prefix",
+    "model_artifacts_uri",
 )
 INSTANCE_FIELDS = ("id", "price_per_hour_usd")
 
