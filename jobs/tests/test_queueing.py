@@ -1,3 +1,4 @@
+# ruff: noqa: F811 (the fixtures imported from test_sagemaker_support are redefined as arguments)
 """The local training queue as its users see it: who goes next, the place in line, the caps.
 
 The fair pick, the places and the limits against PostgreSQL; the broker's side of the tokens
@@ -21,6 +22,14 @@ from jobs import actions, artifacts, backends, queueing
 from jobs.models import JobStatus, LocalJobAllowance, TrainingJob, WorkerHeartbeat
 from jobs.playground import runs as playground
 from jobs.tests.conftest import make_job, make_ready_dataset, scratch_base_model
+from jobs.tests.test_sagemaker_poll import T0, expect_describe, expect_events, expect_streams, poll
+from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
+    fake_aws,
+    progress_line,
+    sagemaker_job,
+    sagemaker_settings,
+    stubs,
+)
 from llmtuner import storage
 
 pytestmark = pytest.mark.django_db
@@ -430,3 +439,31 @@ def test_another_user_cannot_download_a_stopped_jobs_model(outsider_client, job)
     job = stopped_with_a_model(job)
 
     assert outsider_client.get(f"/jobs/{job.pk}/download/").status_code == 404
+
+
+def test_a_sagemaker_job_stopped_after_its_script_saved_the_model_says_so_and_offers_it(
+    owner, owner_client, stubs
+):
+    job = sagemaker_job(owner, status=JobStatus.STOPPING)
+    stream = f"{job.sagemaker_job_name}/algo-1-1"
+    expect_describe(
+        stubs,
+        job,
+        "Stopped",
+        "Stopped",
+        BillableTimeInSeconds=120,
+        TrainingTimeInSeconds=120,
+        ModelArtifacts={"S3ModelArtifacts": "s3://sagemaker-output/job/output/model.tar.gz"},
+    )
+    expect_streams(stubs, job, stream)
+    stopped = progress_line("stopped", step=7, total_steps=30, reason="SIGTERM", model_saved=True)
+    expect_events(stubs, stream, [stopped], None, "f/1")
+    expect_events(stubs, stream, [], "f/1", "f/1")
+
+    poll(T0)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.STOPPED
+    assert job.status_message == "Stopped; 120 billable seconds, $0.05. The model so far is saved."
+    assert artifacts.has_model(job)
+    assert "Download the model so far (.zip)" in owner_client.get(f"/jobs/{job.pk}/").content.decode()
