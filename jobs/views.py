@@ -150,7 +150,6 @@ def _annotate(job: TrainingJob, now: datetime, line: dict | None = None) -> Trai
     job.cost_display = _cost_display(job, now)
     job.estimated_display = format_duration(job.estimated_seconds)
     job.warning = ""
-    job.has_model = artifacts.has_model(job)
     job.queue_place = None
     if job.status == JobStatus.QUEUED and job.backend == Backend.LOCAL:
         # `line`: the whole queue's places, worked out once for a page of jobs.
@@ -175,7 +174,9 @@ def _annotate(job: TrainingJob, now: datetime, line: dict | None = None) -> Trai
 
 
 def _progress_context(job: TrainingJob) -> dict:
-    return {"job": _annotate(job, timezone.now())}
+    job = _annotate(job, timezone.now())
+    job.has_model = artifacts.has_model(job)  # for its buttons: download, playground
+    return {"job": job}
 
 
 # --- List ----------------------------------------------------------------------------------------
@@ -418,9 +419,7 @@ def stop_outcome(job: TrainingJob) -> str:
             "training ends at the step it is on, and the model so far is saved: you can download it "
             "and try it in the playground."
         )
-    return (
-        "training ends; the model so far is saved once a step has run (none has yet, so nothing may be kept)."
-    )
+    return "training ends; no step has run yet, and a model is saved only once one has."
 
 
 @login_required
