@@ -47,6 +47,7 @@ TRAINING_QUEUE = "training"
 WORKER_BEAT_SECONDS = 10
 # Three beats missed: the worker is gone (or its main process is stuck).
 WORKER_ALIVE_SECONDS = 35
+FORGOTTEN_AFTER_SECONDS = 24 * 3600
 LOCAL_WAITING = (JobStatus.QUEUED, *ACTIVE_STATES)
 
 
@@ -54,10 +55,12 @@ LOCAL_WAITING = (JobStatus.QUEUED, *ACTIVE_STATES)
 
 
 def record_worker_beat(name: str, queues: list[str], now: datetime | None = None) -> None:
+    now = now or timezone.now()
     WorkerHeartbeat.objects.update_or_create(
-        name=name[:255],
-        defaults={"queues": f",{','.join(sorted(queues))},"[:500], "beat_at": now or timezone.now()},
+        name=name[:255], defaults={"queues": f",{','.join(sorted(queues))},"[:500], "beat_at": now}
     )
+    # A worker killed outright never says goodbye (each container start is a new name): its row goes.
+    WorkerHeartbeat.objects.filter(beat_at__lt=now - timedelta(seconds=FORGOTTEN_AFTER_SECONDS)).delete()
 
 
 def forget_worker(name: str) -> None:

@@ -90,8 +90,7 @@ def test_the_user_with_fewer_jobs_running_goes_first(owner, bob):
 
 def test_a_job_stopped_while_queued_leaves_its_token_to_nobody(owner):
     job = make_job(owner)
-    actions_stopped = TrainingJob.objects.filter(pk=job.pk).update(status=JobStatus.STOPPED)
-    assert actions_stopped == 1
+    TrainingJob.objects.filter(pk=job.pk).update(status=JobStatus.STOPPED)
 
     assert queueing.claim_next_local_job(token_job_id=job.pk, token_id="its-token") is None
 
@@ -194,6 +193,13 @@ def test_a_worker_that_serves_other_queues_only_is_no_training_worker(owner_clie
 
     assert "no training worker is running" in page
     assert queueing.workers_alive() == 0
+
+
+def test_a_worker_killed_outright_is_forgotten_a_day_later():
+    queueing.record_worker_beat("training@gone", ["training"], now=timezone.now() - timedelta(days=2))
+    training_worker_alive()
+
+    assert list(WorkerHeartbeat.objects.values_list("name", flat=True)) == ["training@here"]
 
 
 def test_a_worker_that_shuts_down_is_gone_at_once():
