@@ -154,7 +154,7 @@ def _queue_preparation(dataset: Dataset) -> None:
     dataset.queue_preparation(task_id)
     # The id is on the row before the message exists; the message leaves after commit. If the
     # broker is down, the dataset stays queued and `resend_lost_preparations` sends it later.
-    broker.send_on_commit(prepare_dataset, (dataset.pk,), task_id, queue="default")
+    broker.send_on_commit(prepare_dataset, (dataset.pk,), task_id)  # routed to "datasets"
 
 
 def resend_lost_preparations(now: datetime | None = None) -> list[int]:

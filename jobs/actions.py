@@ -14,10 +14,10 @@ from uuid import UUID
 
 from django.db import IntegrityError, transaction
 
-from jobs import checkpoints, resume
+from jobs import checkpoints, queueing, resume
 from jobs.backends import queue_job
 from jobs.estimate import Estimate
-from jobs.models import FINAL_STATES, JobStatus, TrainingJob
+from jobs.models import FINAL_STATES, Backend, JobStatus, TrainingJob
 from llmtuner import storage
 
 logger = logging.getLogger(__name__)
@@ -28,15 +28,32 @@ class ActionError(Exception):
     """A refused action, with a message for the job's owner."""
 
 
+class LimitRefused(ActionError):
+    """A local job past the runtime cap, or over its owner's cap on local jobs."""
+
+
 def launch_job(owner, *, estimate: Estimate | None = None, **fields: Any) -> TrainingJob:
     """Save a job as queued and hand it to its backend once the row is committed."""
     if estimate is not None:
         fields.setdefault("estimated_seconds", estimate.seconds)
         fields.setdefault("estimated_cost_usd", estimate.cost_usd)
     with transaction.atomic():
+        if fields.get("backend", Backend.LOCAL) == Backend.LOCAL:
+            _check_local_limits(owner, fields.get("estimated_seconds"))
         job = TrainingJob.objects.create(owner=owner, status=JobStatus.QUEUED, **fields)
         queue_job(job)
     return job
+
+
+def _check_local_limits(owner, estimated_seconds: int | None) -> None:
+    # Every way in (the form, a clone, a retry, a manifest) ends here; the owner's row is locked
+    # so two launches at once cannot both pass the cap.
+    refusal = queueing.runtime_refusal(Backend.LOCAL, estimated_seconds)
+    if refusal is None:
+        queueing.lock_owner(owner)
+        refusal = queueing.local_jobs_refusal(owner)
+    if refusal:
+        raise LimitRefused(refusal)
 
 
 def launched_with(owner, submit_token: UUID | None) -> TrainingJob | None:

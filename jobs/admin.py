@@ -22,7 +22,15 @@ from django.urls import path
 
 from accounts import admin as accounts_admin
 from jobs import actions, lifecycle, reports, resume
-from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
+from jobs.models import (
+    FINAL_STATES,
+    Backend,
+    BaseModel,
+    InstanceType,
+    JobStatus,
+    LocalJobAllowance,
+    TrainingJob,
+)
 from llmtuner import broker
 
 SETTINGS_FIELDS = [
@@ -394,8 +402,16 @@ User = get_user_model()
 admin.site.unregister(User)
 
 
+class LocalJobAllowanceInline(admin.StackedInline):
+    model = LocalJobAllowance
+    can_delete = True
+    verbose_name = "Local jobs allowed"
+    verbose_name_plural = "Local jobs allowed (empty: the LOCAL_JOBS_PER_USER setting)"
+
+
 @admin.register(User)
 class UserAdmin(accounts_admin.UserAdmin):
+    inlines = [*accounts_admin.UserAdmin.inlines, LocalJobAllowanceInline]
     list_display = [
         "email",
         "username",

@@ -1,4 +1,4 @@
-"""Where a completed job's tuned model is, for both backends, and the ways to get at it.
+"""Where a completed (or stopped) job's tuned model is, for both backends, and the ways to get at it.
 
 A local job's model is a folder of files in storage under `job.model_prefix`; a SageMaker
 job's is the `model.tar.gz` at `job.model_artifacts_uri`. Both hold the same Hugging Face
@@ -50,9 +50,22 @@ class ModelFile:
     open: Callable[[], AbstractContextManager[BinaryIO]]
 
 
+def has_model(job: TrainingJob) -> bool:
+    """Completed, or stopped after its script saved the model so far (its `stopped` event said so)."""
+    if job.status == JobStatus.COMPLETED:
+        return True
+    if job.status != JobStatus.STOPPED or not (job.metrics or {}).get("model_saved"):
+        return False
+    return bool(job.model_artifacts_uri if job.backend == Backend.SAGEMAKER else job.model_prefix)
+
+
 def locate(job: TrainingJob) -> str:
     """The job's stored model: its folder's storage prefix (ending in /), or its archive's s3:// URI."""
-    if job.status != JobStatus.COMPLETED:
+    if job.status == JobStatus.STOPPED and not has_model(job):
+        raise ModelArtifactsError(
+            "This job was stopped without a saved model (one is saved once a step has run)."
+        )
+    if not has_model(job):
         raise ModelArtifactsError(
             f"This job is {job.get_status_display().lower()}: it has no tuned model yet."
         )

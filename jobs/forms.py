@@ -13,7 +13,7 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import hub_check, memory, presets, pricing
+from jobs import hub_check, memory, presets, pricing, queueing
 from jobs.estimate import Estimate, estimate_job
 from jobs.models import (
     FINAL_STATES,
@@ -338,6 +338,9 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
                 data.get("instance_type"),
                 instance_count=data["instance_count"],
             )
+            runtime_refusal = queueing.runtime_refusal(data["backend"], self.estimate.seconds)
+            if runtime_refusal:
+                self.add_error(None, runtime_refusal)
             if data["backend"] == Backend.SAGEMAKER and self.estimate.cost_usd is not None:
                 # The owner's monthly budget, less what this month's jobs spent or still reserve.
                 refusal = pricing.check_budget(self.user, self.estimate.cost_usd)

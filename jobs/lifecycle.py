@@ -125,7 +125,8 @@ def record_event(job_id: int, event: dict) -> None:
         _record_progress(job_id, event)
     elif kind == "eval":
         _record_eval(job_id, event)
-    elif kind == "done":
+    elif kind in ("done", "stopped"):
+        # A stopped run's figures say whether it saved its model so far (`model_saved`).
         metrics = {k: v for k, v in event.items() if k != "event"}
         TrainingJob.objects.filter(pk=job_id).exclude(status__in=FINAL_STATES).update(metrics=metrics)
     elif kind == "checkpoint":

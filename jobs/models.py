@@ -419,3 +419,32 @@ class HubPush(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in (HubPushStatus.DONE, HubPushStatus.FAILED)
+
+
+class LocalJobAllowance(models.Model):
+    """One user's cap on local jobs running or queued at once, in place of LOCAL_JOBS_PER_USER.
+
+    Kept in the jobs app (accounts imports no other app); edited in the user admin.
+    """
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="local_job_allowance"
+    )
+    local_jobs = models.PositiveIntegerField(
+        help_text="Local training jobs this user may have running or queued at once (0: none)"
+    )
+
+    def __str__(self) -> str:
+        return f"{self.local_jobs} local jobs"
+
+
+class WorkerHeartbeat(models.Model):
+    """A Celery worker's last sign of life, written every few seconds by the worker's main process
+    (llmtuner/celery.py), busy or not: the page can tell a busy training worker from none at all."""
+
+    name = models.CharField(max_length=255, unique=True, help_text="Node name, e.g. training@host")
+    queues = models.CharField(max_length=500, help_text="The queues it consumes, as ,a,b,")
+    beat_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return self.name

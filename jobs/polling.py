@@ -46,6 +46,10 @@ JOB_FIELDS = (
     "heartbeat_at",
     "checkpoint_step",  # the Resume button
     "resumed_at_step",  # the chart's resume marker
+    # Whether a stopped job kept its model so far (jobs.artifacts.has_model), for its buttons.
+    "metrics",
+    "model_prefix",
+    "model_artifacts_uri",
 )
 INSTANCE_FIELDS = ("id", "price_per_hour_usd")
 

@@ -10,9 +10,10 @@ from jobs.backends import local, sagemaker
 from jobs.playground import runs as playground
 
 
-@shared_task(acks_late=True)
-def run_local_job(job_id: int) -> None:
-    local.run_job(job_id)
+@shared_task(bind=True, acks_late=True)
+def run_local_job(self, job_id: int) -> None:
+    # A token: the worker runs the fairest queued local job, not necessarily `job_id` (jobs/queueing.py).
+    local.run_job(job_id, token_id=self.request.id)
 
 
 @shared_task(ignore_result=True, soft_time_limit=60, time_limit=90)

@@ -43,6 +43,7 @@ from jobs import (
     polling,
     presets,
     pricing,
+    queueing,
     resume,
 )
 from jobs import hub_check as hub
@@ -144,7 +145,7 @@ def _figure(value: float | None, places: int) -> str:
     return f"{rounded:,}"
 
 
-def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
+def _annotate(job: TrainingJob, now: datetime, line: dict | None = None) -> TrainingJob:
     """Attach what the templates show (durations, cost, figures, warnings), all from the row itself.
 
     Figures are formatted here rather than with template filters: the progress card is rendered
@@ -163,12 +164,18 @@ def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
     job.cost_display = _cost_display(job, now)
     job.estimated_display = format_duration(job.estimated_seconds)
     job.warning = ""
-    if job.status == JobStatus.QUEUED:
+    job.queue_place = None
+    if job.status == JobStatus.QUEUED and job.backend == Backend.LOCAL:
+        # `line`: the whole queue's places, worked out once for a page of jobs.
+        job.queue_place = (queueing.line(now) if line is None else line).get(job.pk)
         waited = (now - job.created_at).total_seconds()
-        if waited > UNCLAIMED_AFTER_SECONDS and job.backend == Backend.LOCAL:
+        # A busy worker still beats: the hint is for no training worker at all, not a long queue.
+        place = job.queue_place
+        alive = place.workers if place is not None else queueing.workers_alive(now=now)
+        if waited > UNCLAIMED_AFTER_SECONDS and not alive:
             job.warning = (
-                f"No worker has picked it up for {format_duration(waited)}: check that a Celery worker "
-                "serves the “training” queue (make run starts one)."
+                f"No worker has picked it up for {format_duration(waited)}, and no training worker is "
+                "running: check that a Celery worker serves the “training” queue (make run starts one)."
             )
     elif job.status not in FINAL_STATES and job.backend == Backend.LOCAL and job.heartbeat_at:
         silent = (now - job.heartbeat_at).total_seconds()
@@ -181,7 +188,9 @@ def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
 
 
 def _progress_context(job: TrainingJob) -> dict:
-    return {"job": _annotate(job, timezone.now())}
+    job = _annotate(job, timezone.now())
+    job.has_model = artifacts.has_model(job)  # for its buttons: download, playground
+    return {"job": job}
 
 
 # --- List ----------------------------------------------------------------------------------------
@@ -205,7 +214,9 @@ def job_list(request: HttpRequest) -> HttpResponse:
     )
     page = Paginator(jobs, LIST_PAGE_SIZE).get_page(form.page_number)
     now = timezone.now()
-    rows = [_annotate(job, now) for job in page.object_list]
+    waiting_here = any(j.status == JobStatus.QUEUED and j.backend == Backend.LOCAL for j in page.object_list)
+    line = queueing.line(now) if waiting_here else {}
+    rows = [_annotate(job, now, line) for job in page.object_list]
     still_running = any(job.status not in FINAL_STATES for job in rows)
     context = {
         "form": form,
@@ -283,7 +294,11 @@ def new_job(request: HttpRequest) -> HttpResponse:
         if job is None:
             if not form.is_valid():
                 return _new_job_page(request, form, status=400)
-            job, made = _launch_from(request, form)
+            try:
+                job, made = _launch_from(request, form)
+            except actions.LimitRefused as refusal:  # over the cap on local jobs, checked at launch
+                form.add_error(None, str(refusal))
+                return _new_job_page(request, form, status=400)
         return _launched(request, job, made)
     query = NewJobQuery(request.user, request.GET)
     if request.GET.get("apply_preset"):
@@ -430,7 +445,11 @@ def continue_training(request: HttpRequest, pk: int) -> HttpResponse:
                 form.add_error(None, problem)
         if not form.is_valid():
             return _new_job_page(request, form, status=400, source=source, continuing=True)
-        job, made = _launch_from(request, form, continued_from=source)
+        try:
+            job, made = _launch_from(request, form, continued_from=source)
+        except actions.LimitRefused as refusal:  # over the cap on local jobs, checked at launch
+            form.add_error(None, str(refusal))
+            return _new_job_page(request, form, status=400, source=source, continuing=True)
     return _launched(request, job, made)
 
 
@@ -523,6 +542,18 @@ def logs(request: HttpRequest, job: TrainingJob) -> HttpResponse:
 # --- Actions -------------------------------------------------------------------------------------
 
 
+def stop_outcome(job: TrainingJob) -> str:
+    """What stopping does to this job, as the confirmation and the stopped job both say it."""
+    if job.status == JobStatus.QUEUED:
+        return "it leaves the queue before it starts; there is no model to keep."
+    if job.step:
+        return (
+            "training ends at the step it is on, and the model so far is saved: you can download it "
+            "and try it in the playground."
+        )
+    return "training ends; no step has run yet, and a model is saved only once one has."
+
+
 @login_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def stop(request: HttpRequest, pk: int) -> HttpResponse:
@@ -532,7 +563,7 @@ def stop(request: HttpRequest, pk: int) -> HttpResponse:
         if job.is_final:
             messages.info(request, f"“{job.name}” has already ended.")
             return redirect(job)
-        return render(request, "jobs/stop.html", {"job": job})
+        return render(request, "jobs/stop.html", {"job": job, "outcome": stop_outcome(job)})
     stopped = lifecycle.request_stop(job)
     if request.htmx:
         # The progress card comes back in its new state (stopping, or stopped if it was queued).
@@ -542,7 +573,7 @@ def stop(request: HttpRequest, pk: int) -> HttpResponse:
             response.status_code = STOP_POLLING
         return response
     if stopped:
-        messages.success(request, f"Stopping “{job.name}”.")
+        messages.success(request, f"Stopping “{job.name}”: {stop_outcome(job)}")
     elif not job.is_final:
         messages.info(request, f"“{job.name}” is already stopping.")
     return redirect(job)

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 logger = logging.getLogger(__name__)
 
 # Every queue our tasks go to (settings: CELERY_TASK_DEFAULT_QUEUE and CELERY_TASK_ROUTES).
-QUEUES = ("default", "training", "playground", "exports")
+QUEUES = ("default", "training", "playground", "datasets", "exports")
 
 
 def send_on_commit(task, args: tuple = (), task_id: str | None = None, **options) -> None:

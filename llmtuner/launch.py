@@ -28,6 +28,9 @@ def commands(host: str, port: str) -> dict[str, list[str]]:
         # One prompt at a time: each process keeps its own models loaded (PLAYGROUND_CACHE_MODELS).
         "playground": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "playground",
                        "--concurrency", "1", "-n", "playground@%h", "-l", "INFO"],
+        # Dataset preparation, so an upload never waits behind prompts or the short tasks.
+        "preparer": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "datasets",
+                     "--concurrency", "1", "-n", "datasets@%h", "-l", "INFO"],
         # Pushes to the Hugging Face Hub: long uploads, kept off the default queue's SageMaker polling.
         "exporter": [python, "-m", "celery", "-A", "llmtuner", "worker", "-Q", "exports",
                      "--concurrency", "1", "-n", "exports@%h", "-l", "INFO"],

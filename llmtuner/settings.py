@@ -373,11 +373,13 @@ else:
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_DEFAULT_QUEUE = "default"
 # Training runs for hours on its own queue, so short tasks never wait behind it; playground
-# prompts have theirs, so dataset preparation never waits behind them nor they behind it.
+# prompts and dataset preparation have theirs, so neither waits behind the other, nor behind
+# the short tasks (emails, reapers, SageMaker polls) of the default queue.
 # A worker must serve each queue: llmtuner/launch.py and docker-compose.yml start them.
 CELERY_TASK_ROUTES = {
     "jobs.tasks.run_local_job": {"queue": "training"},
     "jobs.tasks.run_playground": {"queue": "playground"},
+    "datasets_app.tasks.prepare_dataset": {"queue": "datasets"},
     "jobs.tasks.push_to_hub": {"queue": "exports"},
 }
 CELERY_TASK_ACKS_LATE = True
@@ -400,6 +402,9 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
 }
 # A local job whose worker has not written a heartbeat for this long is failed.
 LOCAL_JOB_HEARTBEAT_TIMEOUT = env_int("LOCAL_JOB_HEARTBEAT_TIMEOUT", 60, 10)
+# Local training jobs one user may have running or queued at once (the user admin sets another
+# figure for one user); the training slots are shared between users round-robin (jobs/queueing.py).
+LOCAL_JOBS_PER_USER = env_int("LOCAL_JOBS_PER_USER", 5, 1)
 # A job still queued after this long whose task the broker no longer holds (Redis restarted
 # without persistence, or was down when the job was launched) is sent again.
 QUEUED_JOB_RESEND_SECONDS = env_int("QUEUED_JOB_RESEND_SECONDS", 120, 10)

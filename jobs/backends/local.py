@@ -25,7 +25,8 @@ from pathlib import Path
 
 from django.conf import settings
 
-from jobs import artifacts, checkpoints, lifecycle
+from jobs import artifacts, checkpoints, lifecycle, queueing
+from jobs.estimate import format_duration
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
 from llmtuner import scratch, storage
 from llmtuner.redact import redact
@@ -94,17 +95,19 @@ def training_command(hyperparameters: dict, processes: int) -> list[str]:
     return [sys.executable, "-u", *script]
 
 
-def run_job(job_id: int) -> None:
-    if not _claim(job_id):
+def run_job(job_id: int, token_id: str | None = None) -> None:
+    """Run the fairest queued local job; the task's `job_id` is a token for a place in the queue."""
+    claimed = _claim(job_id, token_id)
+    if claimed is None:
         return
-    job = TrainingJob.objects.select_related("dataset", "base_model").get(pk=job_id)
-    with scratch.task_folder(f"job-{job_id}-") as workdir:
+    job = TrainingJob.objects.select_related("dataset", "base_model").get(pk=claimed)
+    with scratch.task_folder(f"job-{claimed}-") as workdir:
         LocalRun(job, workdir).run()
 
 
-def _claim(job_id: int) -> bool:
-    # Zero rows: someone else has it, or it was stopped while queued.
-    return lifecycle.transition(job_id, JobStatus.PREPARING, "Preparing the data and the model")
+def _claim(job_id: int, token_id: str | None) -> int | None:
+    # None: nothing waits (its job was stopped while queued, or another worker took it).
+    return queueing.claim_next_local_job(job_id, token_id)
 
 
 class LocalRun:
@@ -118,6 +121,9 @@ class LocalRun:
         self.stop_sent_at: float | None = None
         self.saw_done = False
         self.last_error: str | None = None
+        self.stopped_event: dict | None = None  # the script's `stopped` event: its step, model_saved
+        self.started = time.monotonic()
+        self.capped = False  # stopped by MAX_JOB_RUNTIME_SECONDS
 
     def run(self) -> None:
         job = self.job
@@ -228,6 +234,8 @@ class LocalRun:
             # the checkpoint it may have left is stored first, so a Retry at once resumes from it.
             self.last_error = str(event.get("message") or "")
         else:
+            if event["event"] == "stopped":
+                self.stopped_event = event
             lifecycle.record_event(self.job.pk, event)
         self._log(lifecycle.describe_event(event))
         return event["event"]
@@ -239,6 +247,8 @@ class LocalRun:
         if now - self.last_heartbeat >= HEARTBEAT_SECONDS:
             self.last_heartbeat = now
             lifecycle.heartbeat(self.job.pk)
+            if not self.capped and now - self.started >= settings.MAX_JOB_RUNTIME_SECONDS:
+                self._stop_at_the_runtime_cap()
             status = TrainingJob.objects.filter(pk=self.job.pk).values_list("status", flat=True).first()
             if self.stop_sent_at is None and _should_stop(status):
                 self._log(_stop_reason(status))
@@ -261,8 +271,11 @@ class LocalRun:
             self._store_log()
             return
         if status == JobStatus.STOPPING:
+            message, saved = self._keep_the_model_so_far(folders)
+            self._log(message)
+            self._flush_log()
             self._store_log()
-            lifecycle.transition(job_id, JobStatus.STOPPED, "Stopped")
+            lifecycle.transition(job_id, JobStatus.STOPPED, message, **saved)
             return
         if returncode != 0 or not self.saw_done:
             self._store_log()
@@ -282,6 +295,32 @@ class LocalRun:
         self._flush_log()
         self._store_log()
         lifecycle.transition(job_id, JobStatus.COMPLETED, "Completed", model_prefix=prefix)
+
+    def _stop_at_the_runtime_cap(self) -> None:
+        # As SageMaker's MaxRuntime: the script gets SIGTERM (on the next tick) and saves its model.
+        self.capped = True
+        cap = format_duration(settings.MAX_JOB_RUNTIME_SECONDS)
+        message = f"Reached the {cap} a job may run on this machine: stopping, and keeping the model so far"
+        if lifecycle.transition(self.job.pk, JobStatus.STOPPING, message):
+            self._log(message)
+
+    def _keep_the_model_so_far(self, folders: dict[str, Path]) -> tuple[str, dict]:
+        """Upload what a stopped script saved: (the job's final message, the fields to set)."""
+        event = self.stopped_event or {}
+        step, total = event.get("step"), event.get("total_steps")
+        where = f"at step {step} of {total}" if step and total else "before its first step"
+        cap = format_duration(settings.MAX_JOB_RUNTIME_SECONDS)
+        cause = f"Stopped at the {cap} a job may run on this machine, " if self.capped else "Stopped "
+        model_files = folders["model"].exists() and any(p.is_file() for p in folders["model"].rglob("*"))
+        if not (event.get("model_saved") and model_files):
+            return f"{cause}{where}: no model was saved (it is saved once a step has run).", {}
+        prefix = f"{self.job.storage_prefix()}/model"
+        try:
+            _upload_folder(folders["model"], prefix)
+            _upload_folder(folders["output"], f"{self.job.storage_prefix()}/output")
+        except Exception as error:
+            return f"{cause}{where}, but the model so far could not be saved to storage: {error}", {}
+        return f"{cause}{where}; the model so far is saved.", {"model_prefix": prefix}
 
     def _finish_failed(self, message: str) -> None:
         self._log(message)

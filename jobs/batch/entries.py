@@ -16,7 +16,7 @@ from django import forms
 from django.conf import settings
 from django.contrib.auth import get_user_model
 
-from jobs import hub_check, presets, pricing
+from jobs import hub_check, presets, pricing, queueing
 from jobs.batch.datasets import check_dataset, check_dataset_file_only
 from jobs.batch.launch_form import check_budgets, check_with_form
 from jobs.batch.plan import ALREADY, Entry, ManifestError, Plan
@@ -80,6 +80,7 @@ def check_entries(raw_entries: list[Any], base_dir: Path) -> Plan:
         entries.append(entry)
     _check_duplicate_names(entries)
     check_budgets(entries)
+    queueing.check_manifest_limits(entries)
     return Plan(entries=entries)
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from django.db import IntegrityError
 
-from jobs import actions
+from jobs import actions, queueing
 from jobs.batch.datasets import import_datasets
 from jobs.batch.entries import check_manifest
 from jobs.batch.launch_form import check_budgets, check_with_form
@@ -20,6 +20,7 @@ def recheck(plan: Plan) -> None:
         if entry.imported:
             check_with_form(entry)
     check_budgets(plan.entries)
+    queueing.check_manifest_limits(plan.entries)
 
 
 def submit(plan: Plan, progress: Progress | None = None) -> None:
@@ -41,6 +42,12 @@ def submit(plan: Plan, progress: Progress | None = None) -> None:
                 max_cost_usd=entry.max_cost_usd,
                 batch_key=entry.batch_key,
             )
+        except actions.LimitRefused as refusal:
+            # Checked before submitting; only a launch elsewhere at the same moment gets here.
+            entry.problem("backend", str(refusal))
+            entry.state = NOT_SUBMITTED
+            say(f"[{number}/{len(todo)}] {entry.name}: not submitted: {refusal}")
+            continue
         except IntegrityError:
             # Another run of the same manifest submitted it a moment ago.
             entry.job = TrainingJob.objects.filter(owner=entry.user, batch_key=entry.batch_key).first()

@@ -59,10 +59,10 @@ class TooManyPrompts(Exception):
 
 def unavailable_reason(job: TrainingJob) -> str | None:
     """Why this job has no playground, or None when it has one."""
-    if job.status != JobStatus.COMPLETED:
+    if not artifacts.has_model(job):
         return (
             f"This job is {job.get_status_display().lower()}: the playground opens once it has "
-            "completed and its tuned model is saved."
+            "completed (or stopped after its first step) and its tuned model is saved."
         )
     try:
         artifacts.locate(job)

@@ -127,12 +127,16 @@ def test_stop_a_job_while_it_trains(celery_worker_process, page):
     page.wait_for_url("**/jobs/*/")
 
     page.locator('#job-progress[data-status="training"]').wait_for(timeout=120_000)
-    page.once("dialog", lambda dialog: dialog.accept())
+    asked = []
+    page.once("dialog", lambda dialog: (asked.append(dialog.message), dialog.accept()))
     page.locator("[data-action=stop]").click()
 
     page.locator('#job-progress[data-status="stopped"]').wait_for(timeout=60_000)
     job = TrainingJob.objects.get()
     assert job.status == JobStatus.STOPPED
     assert 0 < job.step < 100_000
+    # The confirmation and the stopped job agree: the model so far is kept, and offered.
+    assert "the model so far is saved" in asked[0]
+    assert "the model so far is saved" in page.locator("[data-status-message]").inner_text()
     assert page.locator("[data-action=retry]").is_visible()
-    assert page.locator("[data-action=download]").count() == 0
+    assert page.locator("[data-action=download]").is_visible()

@@ -48,7 +48,7 @@ def assert_every_queue_served_by_a_worker_of_its_own(workers: dict[str, list[str
 def test_each_kind_of_work_goes_to_its_own_queue():
     assert queue_of("jobs.tasks.run_playground") == "playground"
     assert queue_of("jobs.tasks.run_local_job") == "training"
-    assert queue_of("datasets_app.tasks.prepare_dataset") == "default"
+    assert queue_of("datasets_app.tasks.prepare_dataset") == "datasets"
 
 
 def test_the_broker_module_knows_every_queue_we_route_to():

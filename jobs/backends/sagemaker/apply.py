@@ -104,7 +104,7 @@ def finish(job: TrainingJob, *, complete_logs: bool) -> None:
     state["drained"] = True
     TrainingJob.objects.filter(pk=job.pk).update(sagemaker_log_state=state)
     job.refresh_from_db(
-        fields=["cost_usd", "billable_seconds", "training_seconds", "use_spot", "max_cost_usd"]
+        fields=["cost_usd", "billable_seconds", "training_seconds", "use_spot", "max_cost_usd", "metrics"]
     )
     if not complete_logs:
         lifecycle.append_log(job.pk, ["(The end of the log could not be read from CloudWatch in time.)"])
@@ -134,6 +134,8 @@ def finish(job: TrainingJob, *, complete_logs: bool) -> None:
             )
         else:
             message = f"Stopped; {_billing_summary(job)}"
+        if (job.metrics or {}).get("model_saved"):  # the script's `stopped` event, read from its log
+            message = message.rstrip(".") + ". The model so far is saved."
         lifecycle.append_log(job.pk, [message])
         lifecycle.transition(job.pk, S.STOPPED, message)
 

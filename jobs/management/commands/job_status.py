@@ -13,7 +13,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jobs import batch, reports
+from jobs import batch, queueing, reports
 from jobs.forms import ACTIVE_FILTER, JobFilterForm
 from jobs.models import JobStatus, TrainingJob
 
@@ -43,6 +43,11 @@ class Command(BaseCommand):
         jobs = JobFilterForm({"status": options["status"] or ""}).filter(jobs)
         total = jobs.count()
         summaries = [reports.job_summary(job) for job in jobs[: options["limit"]]]
+        # queue_position: 1 = next to start (a queued local job; None for any other).
+        line = queueing.line()
+        for summary in summaries:
+            place = line.get(summary["id"])
+            summary["queue_position"] = place.position if place else None
         if options["json"]:
             self.stdout.write(json.dumps(summaries, ensure_ascii=False, indent=2))
             return
@@ -67,7 +72,7 @@ class Command(BaseCommand):
                     _cut(job["name"], 40),
                     job["owner"],
                     job["instance_type"] or job["backend"],
-                    job["status"],
+                    _status(job),
                     progress,
                     "free" if job["cost_usd"] is None else reports.money(job["cost_usd"]),
                     created.strftime("%Y-%m-%d %H:%M"),
@@ -75,6 +80,11 @@ class Command(BaseCommand):
             )
         headers = ["ID", "NAME", "OWNER", "WHERE", "STATUS", "PROGRESS", "COST", "CREATED"]
         return reports.text_table(headers, rows, right={0, 5, 6})
+
+
+def _status(job: dict) -> str:
+    position = job.get("queue_position")
+    return f"{job['status']} ({queueing.ordinal(position)} in line)" if position else job["status"]
 
 
 def _cut(text: str, width: int) -> str:
