@@ -38,7 +38,7 @@ def test_stopping_is_said_while_the_job_stops_and_goes_once_it_has_stopped(owner
     lifecycle.transition(job.pk, JobStatus.TRAINING)
 
     page = owner_client.post(f"/jobs/{job.pk}/stop/", follow=True).content.decode()
-    assert "Stopping “Tiny proverbs”." in page
+    assert "Stopping “Tiny proverbs”: " in page
     assert """hx-vals='{"shown": "stopping"}'""" in page
 
     still_stopping = owner_client.get(f"/jobs/{job.pk}/progress/", {"shown": "stopping"}).content.decode()
