@@ -12,8 +12,8 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import presets, pricing
-from jobs.estimate import Estimate, estimate_job
+from jobs import history, presets, pricing
+from jobs.estimate import Estimate
 from jobs.models import FINAL_STATES, Backend, BaseModel, InstanceType, JobStatus, TrainingJob
 from llmtuner.forms import ShortRefusalsMixin
 from llmtuner.validators import no_control_characters
@@ -319,18 +319,8 @@ class NewJobForm(ShortRefusalsMixin, forms.Form):
 
 
 def estimate_for(dataset, base_model, hyperparameters, backend, instance_type=None) -> Estimate:
-    stats = dataset.stats or {}
-    on_sagemaker = backend == Backend.SAGEMAKER and instance_type is not None
-    return estimate_job(
-        tokens=int(stats.get("train_tokens") or dataset.tokens),
-        samples=int(stats.get("train_samples") or dataset.samples),
-        base_model=base_model,
-        hyperparameters=hyperparameters,
-        backend=backend,
-        instance_type=instance_type,
-        # Past jobs on the same instance family (or this machine) correct the estimate.
-        calibration=pricing.calibration_factor(instance_type.name if on_sagemaker else None),
-    )
+    # From the nearest runs measured on the same backend and instance type (jobs.history).
+    return history.estimate_for(dataset, base_model, hyperparameters, backend, instance_type)
 
 
 def initial_for_new_job(user, query: NewJobQuery) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from django_htmx.http import HttpResponseClientRedirect
 
 from accounts.backends import known_user, session_user_id
 from accounts.models import get_profile
-from jobs import actions, artifacts, lifecycle, polling, pricing
+from jobs import actions, artifacts, history, lifecycle, polling, pricing
 from jobs.estimate import format_duration
 from jobs.forms import (
     CursorForm,
@@ -146,9 +146,12 @@ def _annotate(job: TrainingJob, now: datetime) -> TrainingJob:
     job.speed_display = _figure(job.tokens_per_second or None, 0)
     job.elapsed_seconds = _elapsed_seconds(job, now)
     job.elapsed_display = format_duration(job.elapsed_seconds)
-    job.eta_display = format_duration(job.eta_seconds) if job.eta_seconds is not None else ""
+    job.eta_display = history.time_left_display(job, now) if not job.is_final else ""
+    job.phase_display = history.phase_label(job.phase) if not job.is_final else ""
     job.cost_display = _cost_display(job, now)
     job.estimated_display = format_duration(job.estimated_seconds)
+    if job.estimated_slow_seconds and format_duration(job.estimated_slow_seconds) != job.estimated_display:
+        job.estimated_display += f" to {format_duration(job.estimated_slow_seconds)}"
     job.warning = ""
     if job.status == JobStatus.QUEUED:
         waited = (now - job.created_at).total_seconds()
@@ -185,6 +188,8 @@ def job_list(request: HttpRequest) -> HttpResponse:
             "hyperparameters",
             "metrics",
             "sagemaker_log_state",
+            "phase_timeline",
+            "run_facts",
             "dataset__stats",
             "dataset__preview",
             "dataset__sample_index",

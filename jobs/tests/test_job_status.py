@@ -78,6 +78,8 @@ def test_json_lists_the_same_jobs(jobs):
         "max_cost_usd": None,
         "created_at": None,
         "finished_at": None,
+        "estimated_seconds": None,
+        "started_at": None,
     }
 
 

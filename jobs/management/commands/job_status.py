@@ -42,7 +42,7 @@ class Command(BaseCommand):
                 raise CommandError(str(error)) from None
         jobs = JobFilterForm({"status": options["status"] or ""}).filter(jobs)
         total = jobs.count()
-        summaries = [reports.job_summary(job) for job in jobs[: options["limit"]]]
+        summaries = [with_times(reports.job_summary(job), job) for job in jobs[: options["limit"]]]
         if options["json"]:
             self.stdout.write(json.dumps(summaries, ensure_ascii=False, indent=2))
             return
@@ -75,6 +75,14 @@ class Command(BaseCommand):
             )
         headers = ["ID", "NAME", "OWNER", "WHERE", "STATUS", "PROGRESS", "COST", "CREATED"]
         return reports.text_table(headers, rows, right={0, 5, 6})
+
+
+def with_times(summary: dict, job: TrainingJob) -> dict:
+    """The job's times: estimated at launch (leaving the queue to completed), left the queue, ended."""
+    summary["estimated_seconds"] = job.estimated_seconds
+    summary["started_at"] = job.started_at.isoformat() if job.started_at else None
+    summary["finished_at"] = job.finished_at.isoformat() if job.finished_at else None
+    return summary
 
 
 def _cut(text: str, width: int) -> str:
