@@ -12,9 +12,9 @@ first, then relaxing in this order, each step scaled the way the FLOPs model sca
 1. the same model, method, precision, sequence length and world size ("similar runs");
 2. any sequence length (throughput per token barely moves with it);
 3. any world size (per-device FLOP/s, times this job's devices and SCALING_EFFICIENCY);
-4. any precision;
+4. any precision (the one asked for: `auto` gives the same on one backend and instance type);
 5. any method (FLOPs per token: 6 full, 4 LoRA);
-6. any model, the nearest in parameter count first (FLOP/s reached per device).
+6. the runs of the model nearest in parameter count (FLOP/s reached per device).
 
 No record at all: the FLOPs model of jobs.estimate, "from the model's size".
 """
@@ -77,7 +77,7 @@ LEVELS = (
     (("hub_id", "method", "precision"), "runs of this model on other device counts"),
     (("hub_id", "method"), "runs of this model in another precision"),
     (("hub_id",), "runs of this model with another method"),
-    ((), "runs of other models here"),
+    ((), "runs of {model}, the nearest model in size"),
 )
 
 
@@ -90,7 +90,9 @@ def record_when_committed(job_id: int) -> None:
 
 def record_finished_job(job_id: int) -> RunRecord | None:
     """Keep what a finished job measured; None when it has nothing to teach."""
-    job = TrainingJob.objects.select_related("base_model", "instance_type").filter(pk=job_id).first()
+    job = (
+        TrainingJob.objects.select_related("base_model", "instance_type", "dataset").filter(pk=job_id).first()
+    )
     if job is None or job.finished_at is None or job.started_at is None:
         return None
     completed = job.status == JobStatus.COMPLETED
@@ -100,9 +102,14 @@ def record_finished_job(job_id: int) -> RunRecord | None:
     training = phases.get("training") or 0.0
     done = job.metrics or {}
     train_tokens = int(done.get("train_tokens") or 0)
-    if completed and train_tokens and training > 0:
+    # Throughput in the estimate's own tokens (the dataset's count, which the estimate of a later
+    # job multiplies by): the same units on both sides, whatever the model's own tokenizer counts.
+    per_step = planned_tokens_per_step(job)
+    if training > 0 and job.step and per_step:
+        speed = job.step * per_step / training
+    elif completed and train_tokens and training > 0:
         speed = train_tokens / training
-    else:  # stopped part-way: the last progress window's speed
+    else:
         speed = float(job.tokens_per_second or 0)
     if speed <= 0:
         return None
@@ -114,7 +121,8 @@ def record_finished_job(job_id: int) -> RunRecord | None:
         job=job,
         defaults={
             "hub_id": job.base_model.hub_id,
-            "parameters": int(facts.get("total_parameters") or job.base_model.parameters),
+            # The catalogue's count, as the estimate of a later job reads it for its own model.
+            "parameters": int(job.base_model.parameters),
             "backend": job.backend,
             "instance_type": job.instance_type.name if job.instance_type_id else "",
             "method": str(facts.get("method") or job.method),
@@ -138,9 +146,28 @@ def record_finished_job(job_id: int) -> RunRecord | None:
     return record
 
 
+def planned_tokens_per_step(job: TrainingJob) -> float | None:
+    """What the estimate counts as trained per step of this job (None once its dataset is gone)."""
+    dataset = job.dataset
+    if dataset is None or job.backend not in Backend.values:
+        return None
+    stats = dataset.stats or {}
+    plan = estimate_job(
+        tokens=int(stats.get("train_tokens") or dataset.tokens),
+        samples=int(stats.get("train_samples") or dataset.samples),
+        base_model=job.base_model,
+        hyperparameters=job.hyperparameters or {},
+        backend=job.backend,
+        instance_type=job.instance_type,
+        instance_count=job.instance_count,
+    )
+    return plan.train_tokens / plan.steps if plan.steps else None
+
+
 def _precision(facts: dict, hp: dict) -> str:
-    """What the run trained in: the start event's (`fp32`, `bf16`…), else the asked-for one."""
-    return str(facts.get("precision") or hp.get("precision") or "")[:20]
+    """The precision asked for (`auto`, `fp32`, `bf16`; empty before there was a choice): what the
+    form knows of a new job, and on one backend and instance type `auto` always comes out the same."""
+    return str(hp.get("precision") or "")[:20]
 
 
 def measured_phases(job: TrainingJob) -> dict[str, float]:
@@ -224,13 +251,13 @@ def nearest_measured(
         "max_seq_length": max_seq_length,
         "world_size": world_size,
     }
-    if not precision or precision == "auto":
-        # `auto` is what the hardware gives: any precision the same model reached here.
-        wanted.pop("precision")
     for keys, basis in LEVELS:
         matching = [row for row in rows if all(row[k] == wanted[k] for k in keys if k in wanted)]
         if keys == () and matching:
             matching.sort(key=lambda row: abs(math.log(max(1, row["parameters"]) / max(1, parameters))))
+            nearest = matching[0]["hub_id"]
+            matching = [row for row in matching if row["hub_id"] == nearest]
+            basis = basis.format(model=nearest)
         if matching:
             return _measured(matching[:RUNS_USED], basis, backend)
     return None

@@ -255,7 +255,9 @@ class RunRecord(models.Model):
     steps = models.PositiveIntegerField()
     train_tokens = models.BigIntegerField(default=0)
     training_phase_seconds = models.FloatField(help_text="Wall time of the training phase")
-    tokens_per_second = models.FloatField(help_text="Trained tokens per second of the training phase")
+    tokens_per_second = models.FloatField(
+        help_text="Tokens per second of the training phase, counted as the estimate counts them"
+    )
     phase_seconds = models.JSONField(default=dict, help_text="{phase: seconds} of every phase measured")
     total_seconds = models.FloatField(null=True, blank=True, help_text="Leaving the queue to the end")
     estimated_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="At launch")
