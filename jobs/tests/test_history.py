@@ -367,3 +367,41 @@ def test_a_finished_job_says_what_was_estimated_and_what_it_took(owner, owner_cl
 
     assert "estimated 1 min 30 s to 2 min 10 s, took 1 min 40 s" in page
     assert "(from 3 similar runs)" in page
+
+
+def test_job_status_json_gives_the_launch_estimate_and_when_the_job_left_the_queue_and_ended(
+    owner, django_capture_on_commit_callbacks
+):
+    import io
+    import json
+
+    from django.core.management import call_command
+
+    from jobs.actions import launch_job
+
+    dataset = make_ready_dataset(owner)
+    base_model = make_job(owner, dataset).base_model
+    values = hp()
+    at_launch = history.estimate_for(dataset, base_model, values, Backend.LOCAL)
+    job = launch_job(
+        owner,
+        name="Timed",
+        dataset=dataset,
+        base_model=base_model,
+        hyperparameters=values,
+        estimate=at_launch,
+    )
+    queued = make_job(owner, dataset, name="Still queued")
+    with django_capture_on_commit_callbacks(execute=True):
+        run_events(job)
+    job.refresh_from_db()
+
+    out = io.StringIO()
+    call_command("job_status", "--json", stdout=out)
+    rows = {row["id"]: row for row in json.loads(out.getvalue())}
+
+    assert rows[job.pk]["estimated_seconds"] == at_launch.seconds == job.estimated_seconds
+    assert rows[job.pk]["started_at"] == job.started_at.isoformat()
+    assert rows[job.pk]["finished_at"] == job.finished_at.isoformat()
+    assert job.estimated_phases == at_launch.phases and job.estimate_basis == "from the model's size"
+    assert (rows[queued.pk]["started_at"], rows[queued.pk]["finished_at"]) == (None, None)
