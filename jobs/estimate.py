@@ -116,6 +116,8 @@ class Measured:
     phases: dict[str, tuple[float, float]]
     basis: str  # "from 3 similar runs"
     billable_share: float = 1.0  # SageMaker: billable ÷ wall seconds of those runs
+    # (typical, slow) seconds of one pass over the evaluation data; None where none evaluated.
+    eval_pass_seconds: tuple[float, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +194,10 @@ def estimate_job(
     if measured is not None and measured.device_flops:
         per_run = sorted(flops / (device * scale) for device in measured.device_flops if device > 0)
         train_typical, train_slow = _median(per_run), _p90(per_run)
+        if measured.eval_pass_seconds:  # the evaluations during training (the last one is a phase)
+            within = evaluations_within_training(steps, int(hp["eval_steps"]))
+            train_typical += within * measured.eval_pass_seconds[0]
+            train_slow += within * measured.eval_pass_seconds[1]
         typical = {phase: low for phase, (low, _high) in measured.phases.items()}
         slow = sum(high for _low, high in measured.phases.values()) + train_slow
         tflops = flops / train_typical / 1e12 if train_typical else 0.0
@@ -220,6 +226,12 @@ def estimate_job(
         world_size=world,
         effective_batch=int(hp["batch_size"]) * micro_per_step,
     )
+
+
+def evaluations_within_training(steps: int, eval_steps: int) -> int:
+    """finetune.py's evaluations before the last step (schedule.py: about five per run by default)."""
+    every = eval_steps or max(1, math.ceil(steps / 5))
+    return max(0, (steps - 1) // every)
 
 
 def flops_per_token(method: str, gradient_checkpointing: bool) -> int:

@@ -34,6 +34,7 @@ from jobs.estimate import (
     SCALING_EFFICIENCY,
     Estimate,
     Measured,
+    _p90,
     estimate_job,
     flops_per_token,
     format_duration,
@@ -67,6 +68,8 @@ RECORD_FIELDS = (
     "completed",
     "tokens_per_second",
     "phase_seconds",
+    "eval_passes",
+    "eval_pass_seconds",
     "total_seconds",
     "billable_seconds",
 )
@@ -104,9 +107,16 @@ def record_finished_job(job_id: int) -> RunRecord | None:
     train_tokens = int(done.get("train_tokens") or 0)
     # Throughput in the estimate's own tokens (the dataset's count, which the estimate of a later
     # job multiplies by): the same units on both sides, whatever the model's own tokenizer counts.
+    steps = job.step or int(done.get("step") or 0)
+    # The evaluations within the training phase (all passes but the final one) are not steps.
+    evaluations = done.get("evaluations") if isinstance(done.get("evaluations"), dict) else {}
+    passes = int(evaluations.get("passes") or 0)
+    per_pass = float(evaluations.get("seconds") or 0) / passes if passes else 0.0
+    within = max(0, passes - (1 if "evaluating" in phases else 0))
+    training = max(training - within * per_pass, 0.1 * training)
     per_step = planned_tokens_per_step(job)
-    if training > 0 and job.step and per_step:
-        speed = job.step * per_step / training
+    if training > 0 and steps and per_step:
+        speed = steps * per_step / training
     elif completed and train_tokens and training > 0:
         speed = train_tokens / training
     else:
@@ -131,11 +141,13 @@ def record_finished_job(job_id: int) -> RunRecord | None:
             "world_size": int(facts.get("world_size") or 1),
             "gradient_checkpointing": bool(hp.get("gradient_checkpointing")),
             "completed": completed,
-            "steps": job.step,
+            "steps": steps,
             "train_tokens": train_tokens,
             "training_phase_seconds": training,
             "tokens_per_second": speed,
             "phase_seconds": phases,
+            "eval_passes": passes,
+            "eval_pass_seconds": per_pass,
             "total_seconds": (job.finished_at - job.started_at).total_seconds() if completed else None,
             "estimated_seconds": job.estimated_seconds,
             "billable_seconds": job.billable_seconds,
@@ -289,12 +301,14 @@ def _measured(rows: list[dict], basis: str, backend: str) -> Measured:
         for row in rows
         if row["billable_seconds"] and row["total_seconds"]
     ]
+    per_pass = sorted(row["eval_pass_seconds"] for row in rows if row["eval_passes"])
     count = len(rows)
     return Measured(
         device_flops=device_flops,
         phases=phases,
         basis=f"from {count} {basis if count > 1 else _singular(basis)}",
         billable_share=min(1.0, statistics.median(shares)) if shares else 1.0,
+        eval_pass_seconds=(statistics.median(per_pass), _p90(per_pass)) if per_pass else None,
     )
 
 

@@ -147,7 +147,7 @@ def record_event(job_id: int, event: dict) -> None:
             transition(job_id, S.FAILED, message)
 
 
-def enter_phase(job_id: int, phase: str) -> None:
+def enter_phase(job_id: int, phase: str, *, only_from: tuple[str, ...] = ()) -> None:
     """The job's run is now in `phase`; its first entry (seconds after started_at) is kept for history."""
     now = timezone.now()
     with transaction.atomic():
@@ -155,6 +155,7 @@ def enter_phase(job_id: int, phase: str) -> None:
             TrainingJob.objects.select_for_update()
             .filter(pk=job_id)
             .exclude(status__in=FINAL_STATES)
+            .filter(**({"phase__in": only_from} if only_from else {}))
             .values_list("started_at", "phase_timeline")
             .first()
         )

@@ -254,11 +254,14 @@ class RunRecord(models.Model):
     completed = models.BooleanField(help_text="Ran to the end (else stopped part-way)")
     steps = models.PositiveIntegerField()
     train_tokens = models.BigIntegerField(default=0)
-    training_phase_seconds = models.FloatField(help_text="Wall time of the training phase")
+    training_phase_seconds = models.FloatField(help_text="Wall time of the training steps (no evaluation)")
     tokens_per_second = models.FloatField(
         help_text="Tokens per second of the training phase, counted as the estimate counts them"
     )
     phase_seconds = models.JSONField(default=dict, help_text="{phase: seconds} of every phase measured")
+    # Passes over the evaluation data (all but the last within the training phase) and their length.
+    eval_passes = models.PositiveIntegerField(default=0)
+    eval_pass_seconds = models.FloatField(default=0)
     total_seconds = models.FloatField(null=True, blank=True, help_text="Leaving the queue to the end")
     estimated_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="At launch")
     billable_seconds = models.PositiveIntegerField(null=True, blank=True)

@@ -209,6 +209,7 @@ def report_done(metrics: dict, model_dir: str, output_dir: str, samples_path: st
         final_loss=metrics["final_loss"],
         samples_path=samples_path,
         phase_seconds=phases.seconds(),
+        evaluations=phases.evaluations(),
     )
 
 

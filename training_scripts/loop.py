@@ -220,6 +220,7 @@ class Trainer:
         )
         return loss
 
+    @phases.timed_evaluation
     def _evaluate(self) -> float | None:
         """The mean loss per target over the validation data; None when a stop signal cut it short."""
         self.model.eval()
