@@ -69,17 +69,18 @@ PHASES = (
     "generating_samples",
     "uploading",
 )
-# Seconds of the phases other than training before any run measured them: locally
-# Python and torch start, the scratch models build in a few seconds; a SageMaker job
-# waits for its instance and the training image (typically 3 to 6 minutes).
+# Seconds of the phases other than training before any run measured them: locally the
+# worker starts Python and imports torch (14 to 31 s measured on the shared 2-core
+# development machine, bench/bench_estimator.py), the scratch models build in a second; a
+# SageMaker job waits for its instance and the training image (typically 3 to 6 minutes).
 DEFAULT_PHASE_SECONDS = {
     "local": {
-        "starting": 6,
-        "preparing_data": 2,
-        "loading_model": 3,
-        "evaluating": 3,
-        "saving": 2,
-        "generating_samples": 4,
+        "starting": 20,
+        "preparing_data": 1,
+        "loading_model": 1,
+        "evaluating": 4,
+        "saving": 1,
+        "generating_samples": 5,
         "uploading": 1,
     },
     "sagemaker": {

@@ -88,7 +88,8 @@ LEVELS = (
 
 
 def record_when_committed(job_id: int) -> None:
-    transaction.on_commit(lambda: record_finished_job(job_id))
+    # robust: a record that cannot be made is logged, and never undoes or breaks the job's own end.
+    transaction.on_commit(lambda: record_finished_job(job_id), robust=True)
 
 
 def record_finished_job(job_id: int) -> RunRecord | None:
