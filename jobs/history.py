@@ -137,7 +137,7 @@ def record_finished_job(job_id: int) -> RunRecord | None:
             "backend": job.backend,
             "instance_type": job.instance_type.name if job.instance_type_id else "",
             "method": str(facts.get("method") or job.method),
-            "precision": _precision(facts, hp),
+            "precision": _precision(hp),
             "max_seq_length": int(facts.get("max_seq_length") or hp.get("max_seq_length") or 0),
             "world_size": int(facts.get("world_size") or 1),
             "gradient_checkpointing": bool(hp.get("gradient_checkpointing")),
@@ -162,7 +162,7 @@ def record_finished_job(job_id: int) -> RunRecord | None:
 def planned_tokens_per_step(job: TrainingJob) -> float | None:
     """What the estimate counts as trained per step of this job (None once its dataset is gone)."""
     dataset = job.dataset
-    if dataset is None or job.backend not in Backend.values:
+    if dataset is None:
         return None
     stats = dataset.stats or {}
     plan = estimate_job(
@@ -177,7 +177,7 @@ def planned_tokens_per_step(job: TrainingJob) -> float | None:
     return plan.train_tokens / plan.steps if plan.steps else None
 
 
-def _precision(facts: dict, hp: dict) -> str:
+def _precision(hp: dict) -> str:
     """The precision asked for (`auto`, `fp32`, `bf16`; empty before there was a choice): what the
     form knows of a new job, and on one backend and instance type `auto` always comes out the same."""
     return str(hp.get("precision") or "")[:20]
