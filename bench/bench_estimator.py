@@ -64,13 +64,13 @@ COMMON = {"batch_size": 4, "max_seq_length": 64, "learning_rate": 0.001, "epochs
 # The first two seed the history; the five after them are of other sizes. All on the tiny model:
 # on the shared 2-core machine a step of small-gpt2 took about 20 s (15 steps: 6 min).
 JOBS = [
-    {"base_model": "scratch:tiny-gpt2", "max_steps": 20},
-    {"base_model": "scratch:tiny-gpt2", "max_steps": 50},
-    {"base_model": "scratch:tiny-gpt2", "max_steps": 10},
-    {"base_model": "scratch:tiny-gpt2", "max_steps": 30},
-    {"base_model": "scratch:tiny-gpt2", "max_steps": 70},
     {"base_model": "scratch:tiny-gpt2", "max_steps": 100},
-    {"base_model": "scratch:tiny-gpt2", "max_steps": 40, "batch_size": 8},
+    {"base_model": "scratch:tiny-gpt2", "max_steps": 300},
+    {"base_model": "scratch:tiny-gpt2", "max_steps": 50},
+    {"base_model": "scratch:tiny-gpt2", "max_steps": 200},
+    {"base_model": "scratch:tiny-gpt2", "max_steps": 500},
+    {"base_model": "scratch:tiny-gpt2", "max_steps": 800},
+    {"base_model": "scratch:tiny-gpt2", "max_steps": 400, "batch_size": 8},
 ]
 SEEDS = 2
 GOAL_MEDIAN_ERROR = 0.20

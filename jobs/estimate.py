@@ -210,9 +210,11 @@ def estimate_job(
         typical = dict(DEFAULT_PHASE_SECONDS.get(backend, {}))
         slow = (train_typical + sum(typical.values())) * FALLBACK_SLOW_FACTOR
         basis, billable_share = "from the model's size", 1.0
-    phases = {phase: math.ceil(typical.get(phase, 0)) for phase in PHASES if phase != "training"}
-    phases["training"] = math.ceil(train_typical)
-    seconds = sum(phases.values())
+    unrounded = {phase: float(typical.get(phase, 0)) for phase in PHASES if phase != "training"}
+    unrounded["training"] = train_typical
+    # Rounded once, in all: eight phases rounded up each added seconds to a short job.
+    seconds = math.ceil(sum(unrounded.values()))
+    phases = {phase: round(unrounded[phase]) for phase in PHASES}
     return Estimate(
         steps=steps,
         train_tokens=train_tokens,
@@ -223,7 +225,7 @@ def estimate_job(
         tflops=tflops,
         slow_seconds=max(seconds, math.ceil(slow)),
         basis=basis,
-        phases={phase: phases[phase] for phase in PHASES},
+        phases=phases,
         world_size=world,
         effective_batch=int(hp["batch_size"]) * micro_per_step,
     )
