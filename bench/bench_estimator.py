@@ -15,6 +15,14 @@ and the goal: median error at most 20 %, none off by more than 1.5 ×.
 
 It runs against the database in DATABASE_URL (migrated) under a user of its own, deleted at
 the end with its jobs and their records unless --keep; files go to a temporary MEDIA_ROOT.
+
+Measured 2026-12-01 on the shared 2-core development machine (load average 5 to 11 from
+other work), jobs after the first two:
+- OMP_NUM_THREADS=1, these jobs (50 to 800 steps): median error 13 %, worst 1.63 × (the last
+  two ran while the machine was about 1.5 × faster than for the runs they learnt from:
+  tokens/s 10,600 and 12,000 against 6,900 to 7,300 before);
+- default threads, 10 to 100 steps, estimates rounded per phase (since fixed): 28 %, 1.65 ×;
+  under a load average of 10 the same jobs' throughput varied 6 × (132 to 831 tokens/s).
 """
 
 from __future__ import annotations
