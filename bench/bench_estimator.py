@@ -18,7 +18,9 @@ the end with its jobs and their records unless --keep; files go to a temporary M
 
 Measured 2026-12-01 on the shared 2-core development machine (load average 5 to 11 from
 other work), jobs after the first two:
-- OMP_NUM_THREADS=1, these jobs (50 to 800 steps): median error 13 %, worst 1.63 × (the last
+- OMP_NUM_THREADS=1, these jobs (50 to 800 steps), at 13:36 UTC: median error 7 %, worst
+  1.19 × (goal met); errors +15, +6, +19, +7, +4 %;
+- the same at 13:31 UTC: median error 13 %, worst 1.63 × (the last
   two ran while the machine was about 1.5 × faster than for the runs they learnt from:
   tokens/s 10,600 and 12,000 against 6,900 to 7,300 before);
 - default threads, 10 to 100 steps, estimates rounded per phase (since fixed): 28 %, 1.65 ×;
