@@ -37,6 +37,9 @@ def launch_job(owner, *, estimate: Estimate | None = None, **fields: Any) -> Tra
     if estimate is not None:
         fields.setdefault("estimated_seconds", estimate.seconds)
         fields.setdefault("estimated_cost_usd", estimate.cost_usd)
+        fields.setdefault("estimated_slow_seconds", estimate.slow_seconds)
+        fields.setdefault("estimate_basis", estimate.basis)
+        fields.setdefault("estimated_phases", estimate.phases)
     with transaction.atomic():
         if fields.get("backend", Backend.LOCAL) == Backend.LOCAL:
             _check_local_limits(owner, fields.get("estimated_seconds"))
@@ -111,6 +114,9 @@ def retry_job(job: TrainingJob, **moved: Any) -> tuple[TrainingJob, bool]:
         "max_cost_usd": job.max_cost_usd,
         "estimated_seconds": job.estimated_seconds,
         "estimated_cost_usd": job.estimated_cost_usd,
+        "estimated_slow_seconds": job.estimated_slow_seconds,
+        "estimate_basis": job.estimate_basis,
+        "estimated_phases": job.estimated_phases,
         "attempt": job.attempt + 1,
         "retry_of": job,
     }

@@ -13,8 +13,8 @@ from django.contrib.humanize.templatetags.humanize import intcomma
 from django.db.models import Q, QuerySet
 
 from datasets_app.models import Dataset
-from jobs import hub_check, memory, presets, pricing, queueing
-from jobs.estimate import Estimate, estimate_job
+from jobs import history, hub_check, memory, presets, pricing, queueing
+from jobs.estimate import Estimate
 from jobs.models import (
     FINAL_STATES,
     Architecture,
@@ -473,19 +473,9 @@ def with_sagemaker_checkpoints(hyperparameters: dict[str, Any]) -> dict[str, Any
 def estimate_for(
     dataset, base_model, hyperparameters, backend, instance_type=None, *, instance_count: int = 1
 ) -> Estimate:
-    stats = dataset.stats or {}
-    on_sagemaker = backend == Backend.SAGEMAKER and instance_type is not None
-    return estimate_job(
-        tokens=int(stats.get("train_tokens") or dataset.tokens),
-        samples=int(stats.get("train_samples") or dataset.samples),
-        base_model=base_model,
-        hyperparameters=hyperparameters,
-        backend=backend,
-        instance_type=instance_type,
-        instance_count=instance_count if backend == Backend.SAGEMAKER else 1,
-        # Past jobs on the same instance family (or this machine) correct the estimate.
-        calibration=pricing.calibration_factor(instance_type.name if on_sagemaker else None),
-    )
+    # From the nearest runs measured on the same backend and instance type (jobs.history).
+    count = instance_count if backend == Backend.SAGEMAKER else 1
+    return history.estimate_for(dataset, base_model, hyperparameters, backend, instance_type, count)
 
 
 def initial_for_new_job(user, query: NewJobQuery) -> dict[str, Any]:

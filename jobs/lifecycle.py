@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 
 from jobs import resume
+from jobs.estimate import PHASES
 from jobs.models import ACTIVE_STATES, FINAL_STATES, Backend, JobStatus, LogLine, MetricPoint, TrainingJob
 from llmtuner import broker
 from llmtuner.redact import redact
@@ -51,6 +52,8 @@ RANK = {
     S.STOPPED: 5,
 }
 PROGRESSING_STATES = (S.PREPARING, S.TRAINING)
+# What the start event says that estimates learn from (jobs.history).
+RUN_FACTS = ("total_parameters", "precision", "world_size", "max_seq_length", "method", "device")
 LOG_TAIL_LINES = 500
 MAX_LOG_LINE_CHARS = 2000
 
@@ -78,6 +81,7 @@ def transition(
         updates["status_message"] = _kept(message)[:1000]
     if target == S.PREPARING:
         updates.update(started_at=now, heartbeat_at=now)
+        updates.update(phase="starting", phase_started_at=now, phase_timeline={"starting": 0.0})
     elif target == S.TRAINING:
         updates.update(training_started_at=Coalesce(F("training_started_at"), now), heartbeat_at=now)
         updates.setdefault("started_at", Coalesce(F("started_at"), now))
@@ -97,6 +101,12 @@ def transition(
             broker.send_on_commit(notify_job_finished, (job_id,))
     if moved:
         logger.info("job %s -> %s %s", job_id, target, message or "")
+        if target == S.UPLOADING:
+            enter_phase(job_id, "uploading")
+        elif target in FINAL_STATES:
+            from jobs import history
+
+            history.record_when_committed(job_id)
     return moved
 
 
@@ -121,6 +131,11 @@ def record_event(job_id: int, event: dict) -> None:
         transition(job_id, S.TRAINING, "Training", total_steps=_int(event.get("total_steps")))
         if "resumed_from_step" in event:  # C1: 0 when it started over
             resume.record_resumed(job_id, _int(event["resumed_from_step"]) or 0)
+        facts = {k: event[k] for k in RUN_FACTS if event.get(k) is not None}
+        TrainingJob.objects.filter(pk=job_id).exclude(status__in=FINAL_STATES).update(run_facts=facts)
+    elif kind == "phase":
+        if event.get("phase") in PHASES:
+            enter_phase(job_id, event["phase"])
     elif kind == "progress":
         _record_progress(job_id, event)
     elif kind == "eval":
@@ -136,6 +151,29 @@ def record_event(job_id: int, event: dict) -> None:
         # A job being stopped ends stopped, whatever the script says on its way out.
         if not TrainingJob.objects.filter(pk=job_id, status=S.STOPPING).exists():
             transition(job_id, S.FAILED, message)
+
+
+def enter_phase(job_id: int, phase: str, *, only_from: tuple[str, ...] = ()) -> None:
+    """The job's run is now in `phase`; its first entry (seconds after started_at) is kept for history."""
+    now = timezone.now()
+    with transaction.atomic():
+        row = (
+            TrainingJob.objects.select_for_update()
+            .filter(pk=job_id)
+            .exclude(status__in=FINAL_STATES)
+            .filter(**({"phase__in": only_from} if only_from else {}))
+            .values_list("started_at", "phase_timeline")
+            .first()
+        )
+        if row is None:
+            return
+        started_at, timeline = row
+        timeline = dict(timeline or {})
+        if started_at is not None:
+            timeline.setdefault(phase, round((now - started_at).total_seconds(), 3))
+        TrainingJob.objects.filter(pk=job_id).update(
+            phase=phase, phase_started_at=now, phase_timeline=timeline
+        )
 
 
 def _record_progress(job_id: int, event: dict) -> None:
@@ -308,6 +346,8 @@ def describe_event(event: dict) -> str:
         return f"stopped at step {event.get('step')} ({saved})"
     if kind == "checkpoint":
         return f"checkpoint at step {event.get('step')}"
+    if kind == "phase":
+        return f"phase: {str(event.get('phase')).replace('_', ' ')}"
     return json.dumps(event)
 
 

@@ -142,6 +142,17 @@ class TrainingJob(models.Model):
     training_seconds = models.PositiveIntegerField(
         null=True, blank=True, help_text="SageMaker TrainingTimeInSeconds (above billable with spot)"
     )
+    # The launch estimate's slow end, what it was based on, and its seconds per phase (jobs.history).
+    estimated_slow_seconds = models.PositiveIntegerField(null=True, blank=True)
+    estimate_basis = models.CharField(max_length=200, blank=True)
+    estimated_phases = models.JSONField(default=dict, blank=True, help_text="{phase: seconds}, at launch")
+
+    # The phase the run is in (jobs.history.PHASES), since when, and when each was first entered
+    # (seconds after started_at); the start event's figures (parameters, precision, world size).
+    phase = models.CharField(max_length=30, blank=True)
+    phase_started_at = models.DateTimeField(null=True, blank=True)
+    phase_timeline = models.JSONField(default=dict, blank=True)
+    run_facts = models.JSONField(default=dict, blank=True, help_text="From the start event")
 
     # SageMaker bookkeeping, written by the poller only.
     sagemaker_job_name = models.CharField(max_length=63, blank=True, db_index=True)
@@ -241,6 +252,49 @@ class TrainingJob(models.Model):
         extra = self.training_seconds - self.billable_seconds
         saved = Decimal(self.cost_usd) * extra / self.billable_seconds
         return max(Decimal(0), saved).quantize(Decimal("0.0001"))
+
+
+class RunRecord(models.Model):
+    """What one finished job measured, kept for the estimates of later ones (jobs.history).
+
+    The key columns say which later jobs it is like; the rest are seconds and throughput.
+    """
+
+    job = models.OneToOneField(TrainingJob, on_delete=models.CASCADE, related_name="run_record")
+    # The key.
+    hub_id = models.CharField(max_length=200)
+    parameters = models.BigIntegerField()
+    backend = models.CharField(max_length=20, choices=Backend.choices)
+    instance_type = models.CharField(max_length=50, blank=True, help_text="Empty: this machine")
+    method = models.CharField(max_length=10)
+    precision = models.CharField(max_length=20, blank=True)
+    max_seq_length = models.PositiveIntegerField()
+    world_size = models.PositiveIntegerField(default=1)
+    gradient_checkpointing = models.BooleanField(default=False)
+    # What it measured.
+    completed = models.BooleanField(help_text="Ran to the end (else stopped part-way)")
+    steps = models.PositiveIntegerField()
+    train_tokens = models.BigIntegerField(default=0)
+    training_phase_seconds = models.FloatField(help_text="Wall time of the training steps (no evaluation)")
+    tokens_per_second = models.FloatField(
+        help_text="Tokens per second of the training phase, counted as the estimate counts them"
+    )
+    phase_seconds = models.JSONField(default=dict, help_text="{phase: seconds} of every phase measured")
+    # Passes over the evaluation data (all but the last within the training phase) and their length.
+    eval_passes = models.PositiveIntegerField(default=0)
+    eval_pass_seconds = models.FloatField(default=0)
+    total_seconds = models.FloatField(null=True, blank=True, help_text="Leaving the queue to the end")
+    estimated_seconds = models.PositiveIntegerField(null=True, blank=True, help_text="At launch")
+    billable_seconds = models.PositiveIntegerField(null=True, blank=True)
+    sagemaker_training_seconds = models.PositiveIntegerField(null=True, blank=True)
+    finished_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-finished_at", "-id"]
+        indexes = [models.Index(fields=["backend", "instance_type", "-finished_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.hub_id} {self.method} on {self.instance_type or self.backend}"
 
 
 class ManifestDataset(models.Model):

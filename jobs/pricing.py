@@ -1,4 +1,4 @@
-"""What SageMaker costs: the instance catalogue, job costs, monthly budgets, estimate calibration.
+"""What SageMaker costs: the instance catalogue, job costs, monthly budgets.
 
 Plain database and arithmetic, no AWS call: the web process calls these while
 rendering (the launch form's budget check, the dashboard's spend), the
@@ -12,18 +12,19 @@ SageMaker poller calls them to price running and finished jobs.
 - A month's spend is the cost of the user's jobs created this calendar month
   (UTC); jobs still queued or running also *reserve* what they are expected to
   cost, so several launches at once cannot together overrun the budget.
+
+Estimates learn from past runs in jobs.history (it replaced the calibration factor that was here).
 """
 
 from __future__ import annotations
 
-import statistics
 from datetime import datetime
 from decimal import ROUND_CEILING, ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 from django.db.models import Sum
 from django.utils import timezone
 
-from jobs.models import FINAL_STATES, Backend, InstanceType, JobStatus, TrainingJob
+from jobs.models import FINAL_STATES, Backend, InstanceType, TrainingJob
 
 CENT = Decimal("0.01")
 COST_PLACES = Decimal("0.0001")
@@ -32,12 +33,6 @@ SECONDS_PER_HOUR = Decimal(3600)
 SAGEMAKER_MAX_RUNTIME_SECONDS = 28 * 24 * 3600
 # A job whose cap buys less than this could not even start its container.
 MIN_RUNTIME_SECONDS = 300
-# Calibration: the median actual/estimated duration of this many recent jobs
-# per instance family, used once there are at least CALIBRATION_MIN_JOBS, and
-# kept within CALIBRATION_BOUNDS so that one odd run cannot swing estimates.
-CALIBRATION_JOBS = 20
-CALIBRATION_MIN_JOBS = 3
-CALIBRATION_BOUNDS = (0.25, 4.0)
 LOCAL_FAMILY = "local"
 
 
@@ -161,64 +156,3 @@ def check_budget(user, estimated_cost: Decimal | float | None, now: datetime | N
 
 def _money(amount: Decimal) -> str:
     return f"{Decimal(amount).quantize(CENT, rounding=ROUND_HALF_UP):,}"
-
-
-# --- estimate calibration -----------------------------------------------------------------
-
-
-def actual_seconds(job: TrainingJob) -> int | None:
-    """How long a completed job took: SageMaker's training time, or the local run's wall time."""
-    if job.backend == Backend.SAGEMAKER:
-        return job.training_seconds
-    if job.started_at and job.finished_at:
-        return int((job.finished_at - job.started_at).total_seconds())
-    return None
-
-
-def uncalibrated_estimate_seconds(job: TrainingJob) -> int | None:
-    """What the estimator says for the job's own inputs today, before any calibration.
-
-    Calibration compares actual durations with this rather than with the estimate stored at
-    launch, which was itself calibrated: the factor must not feed on its own past values.
-    """
-    from jobs.estimate import estimate_job
-
-    dataset = job.dataset
-    if dataset is None:
-        return None
-    stats = dataset.stats or {}
-    estimate = estimate_job(
-        tokens=int(stats.get("train_tokens") or dataset.tokens),
-        samples=int(stats.get("train_samples") or dataset.samples),
-        base_model=job.base_model,
-        hyperparameters=job.hyperparameters or {},
-        backend=job.backend,
-        instance_type=job.instance_type,
-        instance_count=job.instance_count,
-    )
-    return estimate.seconds
-
-
-def calibration_factor(instance_type_name: str | None) -> float:
-    """Median actual ÷ estimated duration of recent completed jobs of the same instance family.
-
-    `None` means this machine (the local backend). 1.0 until there are CALIBRATION_MIN_JOBS.
-    """
-    family = instance_family(instance_type_name)
-    jobs = TrainingJob.objects.filter(status=JobStatus.COMPLETED, dataset__isnull=False)
-    if family == LOCAL_FAMILY:
-        jobs = jobs.filter(backend=Backend.LOCAL, started_at__isnull=False, finished_at__isnull=False)
-    else:
-        jobs = jobs.filter(
-            backend=Backend.SAGEMAKER, instance_type__name__startswith=f"ml.{family}.", training_seconds__gt=0
-        )
-    recent = jobs.select_related("dataset", "base_model", "instance_type").order_by("-finished_at")
-    ratios = []
-    for job in recent[:CALIBRATION_JOBS]:
-        actual, estimated = actual_seconds(job), uncalibrated_estimate_seconds(job)
-        if actual and estimated:
-            ratios.append(actual / estimated)
-    if len(ratios) < CALIBRATION_MIN_JOBS:
-        return 1.0
-    low, high = CALIBRATION_BOUNDS
-    return min(high, max(low, statistics.median(ratios)))

@@ -38,6 +38,7 @@ from jobs import (
     artifacts,
     compare,
     flash,
+    history,
     instance_costs,
     lifecycle,
     polling,
@@ -160,9 +161,12 @@ def _annotate(job: TrainingJob, now: datetime, line: dict | None = None) -> Trai
     job.speed_display = _figure(job.tokens_per_second or None, 0)
     job.elapsed_seconds = _elapsed_seconds(job, now)
     job.elapsed_display = format_duration(job.elapsed_seconds)
-    job.eta_display = format_duration(job.eta_seconds) if job.eta_seconds is not None else ""
+    job.eta_display = history.time_left_display(job, now) if not job.is_final else ""
+    job.phase_display = history.phase_label(job.phase) if not job.is_final else ""
     job.cost_display = _cost_display(job, now)
     job.estimated_display = format_duration(job.estimated_seconds)
+    if job.estimated_slow_seconds and format_duration(job.estimated_slow_seconds) != job.estimated_display:
+        job.estimated_display += f" to {format_duration(job.estimated_slow_seconds)}"
     job.warning = ""
     job.queue_place = None
     if job.status == JobStatus.QUEUED and job.backend == Backend.LOCAL:
@@ -207,6 +211,8 @@ def job_list(request: HttpRequest) -> HttpResponse:
             "hyperparameters",
             "metrics",
             "sagemaker_log_state",
+            "phase_timeline",
+            "run_facts",
             "dataset__stats",
             "dataset__preview",
             "dataset__sample_index",

@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+import phases  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from batching import Datasets, build_datasets  # noqa: E402
@@ -54,8 +55,11 @@ def _run(hparams: dict, paths: dict, state) -> int:
     model_dir, output_dir = paths["model_dir"], paths["output_dir"]
     state.model_dir = model_dir
 
+    phases.start("preparing_data")
     corpus = load_corpus(paths, hparams)
+    phases.start("loading_model")
     loaded = load_model(hparams, corpus, hardware)
+    phases.start("preparing_data")  # tokenising needs the model's tokenizer
     encoder = Encoder(loaded.tokenizer, loaded.seq2seq, loaded.max_len)
     datasets = build_datasets(encoder, corpus, hparams["packing"], loaded.pad_id, loaded.decoder_start_id)
     schedule = plan_schedule(hparams, len(datasets.train))
@@ -65,6 +69,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     report_start(hparams, corpus, loaded, datasets, schedule, hardware)
 
     state.phase = "train"
+    phases.start("training")
     trainer = Trainer(
         training,
         datasets,
@@ -79,6 +84,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     trainer.train()
 
     state.phase = "save"
+    phases.start("saving")
     state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
     stopped = state.stop_requested()  # also true for a signal that came during the save
     metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware)
@@ -88,6 +94,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
         return 128 + int(state.stop_signal)
 
     state.phase = "samples"
+    phases.start("generating_samples")
     samples_path = os.path.join(output_dir, "samples.json")
     generations = generate_samples(training.model, encoder, corpus.eval + corpus.train, hparams, hardware)
     write_json(samples_path, generations)
@@ -201,6 +208,8 @@ def report_done(metrics: dict, model_dir: str, output_dir: str, samples_path: st
         output_dir=output_dir,
         final_loss=metrics["final_loss"],
         samples_path=samples_path,
+        phase_seconds=phases.seconds(),
+        evaluations=phases.evaluations(),
     )
 
 

@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import phases
 import torch
 import torch.nn.functional as F
 from batching import Batch, Datasets, epoch_batches, eval_batches
@@ -90,6 +91,7 @@ class Trainer:
         self.hardware.synchronize()
         self.tracker.stop_clock()
         if not self.run_state.stop_requested() and self.datasets.eval is not None:
+            phases.start("evaluating")
             self.training.eval_loss = self._evaluate_and_report()
 
     def _going(self) -> bool:
@@ -218,6 +220,7 @@ class Trainer:
         )
         return loss
 
+    @phases.timed_evaluation
     def _evaluate(self) -> float | None:
         """The mean loss per target over the validation data; None when a stop signal cut it short."""
         self.model.eval()

@@ -72,6 +72,7 @@ EVENT_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "error": ("message", "errors"),
     "stopped": ("step", "total_steps", "reason", "model_saved", "model_dir"),
+    "phase": ("phase",),
 }
 EVENT_TYPES: tuple[str, ...] = tuple(EVENT_FIELDS)
 

@@ -53,6 +53,11 @@ def test_one_instance_type_gives_the_launch_forms_estimate(dataset):
             "train_tokens": estimate.train_tokens,
             "seconds": estimate.seconds,
             "duration": estimate.duration,
+            "slow_seconds": estimate.slow_seconds,
+            "basis": "from the model's size",
+            "phases": estimate.phases,
+            "world_size": 1,
+            "effective_batch": estimate.effective_batch,
             "cost_usd": str(estimate.cost_usd),
         }
     ]

@@ -79,6 +79,8 @@ def test_json_lists_the_same_jobs(jobs):
         "created_at": None,
         "finished_at": None,
         "queue_position": None,  # running, not queued
+        "estimated_seconds": None,
+        "started_at": None,
     }
 
 

@@ -155,61 +155,6 @@ def test_the_default_budget_comes_from_settings(owner, settings):
     assert pricing.monthly_budget(owner) == Decimal(settings.DEFAULT_MONTHLY_BUDGET_USD)
 
 
-# --- calibration --------------------------------------------------------------------------------------------
-
-
-def finished_on(owner, dataset, instance_type, ratio: float, **fields):
-    """A completed job that took `ratio` × what the estimator says for it."""
-    job = cloud_job(owner, dataset, instance_type=instance_type, status=JobStatus.COMPLETED, **fields)
-    job.training_seconds = round(pricing.uncalibrated_estimate_seconds(job) * ratio)
-    job.finished_at = NOW
-    job.save()
-    return job
-
-
-def test_calibration_is_the_median_actual_over_estimate_of_the_familys_recent_jobs(owner):
-    assert pricing.calibration_factor("ml.g5.xlarge") == 1.0  # nothing to learn from yet
-    dataset = cloud_job(owner).dataset
-    g5_2x = InstanceType.objects.get(name="ml.g5.2xlarge")
-    for ratio in (1.2, 1.5, 3.0):
-        finished_on(owner, dataset, g5_2x, ratio)
-    finished_on(owner, dataset, InstanceType.objects.get(name="ml.g4dn.xlarge"), 9.0)
-    assert pricing.calibration_factor("ml.g5.xlarge") == pytest.approx(1.5, rel=0.01)  # same family only
-    assert pricing.calibration_factor("ml.p3.2xlarge") == 1.0
-
-
-def test_calibration_compares_with_the_raw_estimate_so_it_does_not_feed_on_itself(owner):
-    dataset = cloud_job(owner).dataset
-    for _ in range(3):
-        # Launched with a calibrated (doubled) estimate, and took exactly twice the raw estimate.
-        job = finished_on(owner, dataset, g5(), 2.0)
-        job.estimated_seconds = job.training_seconds
-        job.save()
-    assert pricing.calibration_factor("ml.g5.xlarge") == pytest.approx(2.0, rel=0.01)
-
-
-def test_calibration_of_this_machine_uses_local_wall_time_and_is_bounded(owner):
-    dataset = make_job(owner).dataset
-    for _ in range(3):
-        job = make_job(owner, dataset, status=JobStatus.COMPLETED, started_at=NOW)
-        job.finished_at = NOW + timedelta(seconds=10 * pricing.uncalibrated_estimate_seconds(job))
-        job.save()
-    assert pricing.calibration_factor(None) == 4.0  # ten times slower, held at the bound
-
-
-def test_the_launch_forms_estimate_is_calibrated(owner):
-    from jobs.forms import estimate_for
-
-    dataset = cloud_job(owner).dataset
-    for _ in range(3):
-        finished_on(owner, dataset, g5(), 2.0)
-    job = cloud_job(owner, dataset)
-    raw = pricing.uncalibrated_estimate_seconds(job)
-    estimate = estimate_for(dataset, job.base_model, job.hyperparameters, Backend.SAGEMAKER, g5())
-    assert estimate.calibration == pytest.approx(2.0, rel=0.01)
-    assert estimate.seconds == pytest.approx(2 * raw, rel=0.01)
-
-
 # --- the launch form refuses what the budget cannot pay ----------------------------------------------------
 
 

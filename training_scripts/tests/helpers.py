@@ -116,9 +116,14 @@ def flag_run(tmp_path: Path, rows, *extra, validation_rows=None) -> tuple[Run, P
 
 def assert_completed(run: Run) -> None:
     assert run.returncode == 0, (run.events[-3:], run.stderr[-4000:])
-    kinds = [e["event"] for e in run.events]
+    kinds = [e["event"] for e in run.events if e["event"] != "phase"]
     assert kinds[0] == "start" and kinds[-1] == "done", kinds
     assert "error" not in kinds
+    # Each phase announced as it starts (tokenising is data preparation again), and timed in done.
+    phases = [e["phase"] for e in run.of("phase")]
+    assert phases[:4] == ["preparing_data", "loading_model", "preparing_data", "training"], phases
+    assert phases[-2:] == ["saving", "generating_samples"], phases
+    assert set(run.one("done")["phase_seconds"]) == set(phases)
     start = run.one("start")
     for key in progress.EVENT_FIELDS["start"]:
         assert key in start, key

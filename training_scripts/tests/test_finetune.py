@@ -334,7 +334,7 @@ def test_bad_data_line_is_reported(tmp_path):
         fh.write('{"question": "no shape"}\n')
     run = run_finetune(["--train_dir", tmp_path / "train"], cwd=tmp_path)
     assert run.returncode == 1
-    [event] = run.events
+    [event] = [e for e in run.events if e["event"] != "phase"]
     assert event["event"] == "error" and event["message"].startswith("train.jsonl line 4:")
 
 
@@ -352,7 +352,7 @@ def test_unknown_hub_model_fails_fast(tmp_path, offline):
         timeout=120,
     )
     assert run.returncode == 1
-    [event] = run.events
+    [event] = [e for e in run.events if e["event"] != "phase"]
     assert event["event"] == "error"
     assert "'no-such-org/no-such-model-xyz'" in event["message"]
     assert "check the model id" in event["message"]

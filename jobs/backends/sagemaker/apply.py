@@ -82,6 +82,9 @@ def _apply_progress(job: TrainingJob, secondary: str, described: dict) -> None:
     detail = _latest_transition_message(described)
     if detail and secondary in ("Pending", "Starting", "Interrupted", "Restarting", "Downloading"):
         message = f"{message}: {detail}"
+    if secondary == "Training":
+        # The container runs: the script's own phase events (read from its log) follow.
+        lifecycle.enter_phase(job.pk, "preparing_data", only_from=("starting",))
     if secondary in ("Training", "Interrupted", "Restarting"):
         if lifecycle.transition(job.pk, S.TRAINING, message):
             return

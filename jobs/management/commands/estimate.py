@@ -135,7 +135,17 @@ class Command(BaseCommand):
         rows = []
         for instance, estimate in estimates:
             if instance is None:
-                rows.append(["this machine", "", "", f"{estimate.steps:,}", estimate.duration, "free"])
+                rows.append(
+                    [
+                        "this machine",
+                        "",
+                        "",
+                        f"{estimate.steps:,}",
+                        estimate.range_display,
+                        "free",
+                        estimate.basis,
+                    ]
+                )
                 continue
             hardware = f"{instance.gpu_count} × {instance.gpu_type}" if instance.gpu_count else "CPU only"
             rows.append(
@@ -144,11 +154,12 @@ class Command(BaseCommand):
                     hardware,
                     reports.money(instance.price_per_hour_usd),
                     f"{estimate.steps:,}",
-                    estimate.duration,
+                    estimate.range_display,
                     reports.money(estimate.cost_usd),
+                    estimate.basis,
                 ]
             )
-        headers = ["WHERE", "HARDWARE", "PER HOUR", "STEPS", "TIME", "COST"]
+        headers = ["WHERE", "HARDWARE", "PER HOUR", "STEPS", "TIME", "COST", "BASIS"]
         return reports.text_table(headers, rows, right={2, 3, 4, 5})
 
     @staticmethod
@@ -161,5 +172,10 @@ class Command(BaseCommand):
             "train_tokens": estimate.train_tokens,
             "seconds": estimate.seconds,
             "duration": estimate.duration,
+            "slow_seconds": estimate.slow_seconds,
+            "basis": estimate.basis,
+            "phases": estimate.phases,
+            "world_size": estimate.world_size,
+            "effective_batch": estimate.effective_batch,
             "cost_usd": str(estimate.cost_usd) if estimate.cost_usd is not None else None,
         }

@@ -42,7 +42,7 @@ class Command(BaseCommand):
                 raise CommandError(str(error)) from None
         jobs = JobFilterForm({"status": options["status"] or ""}).filter(jobs)
         total = jobs.count()
-        summaries = [reports.job_summary(job) for job in jobs[: options["limit"]]]
+        summaries = [with_times(reports.job_summary(job), job) for job in jobs[: options["limit"]]]
         # queue_position: 1 = next to start (a queued local job; None for any other).
         line = queueing.line()
         for summary in summaries:
@@ -85,6 +85,14 @@ class Command(BaseCommand):
 def _status(job: dict) -> str:
     position = job.get("queue_position")
     return f"{job['status']} ({queueing.ordinal(position)} in line)" if position else job["status"]
+
+
+def with_times(summary: dict, job: TrainingJob) -> dict:
+    """The job's times: estimated at launch (leaving the queue to completed), left the queue, ended."""
+    summary["estimated_seconds"] = job.estimated_seconds
+    summary["started_at"] = job.started_at.isoformat() if job.started_at else None
+    summary["finished_at"] = job.finished_at.isoformat() if job.finished_at else None
+    return summary
 
 
 def _cut(text: str, width: int) -> str:
