@@ -29,7 +29,7 @@ from outputs import generate_samples, save_model, write_hyperparameters, write_j
 from reporting import TrainingError, emit, finite, perplexity  # noqa: E402
 from schedule import Schedule, plan_schedule, used_hyperparameters  # noqa: E402
 from tokenization import Encoder  # noqa: E402
-from training_state import TrainingState, start_training  # noqa: E402
+from training_state import TrainingState, resume_from_latest, run_fingerprint, start_training  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -55,14 +55,19 @@ def _run(hparams: dict, paths: dict, state) -> int:
     state.model_dir = model_dir
 
     corpus = load_corpus(paths, hparams)
-    loaded = load_model(hparams, corpus, hardware)
+    loaded = load_model(hparams, corpus, hardware, init_model_dir=paths.get("init_model_dir"))
     encoder = Encoder(loaded.tokenizer, loaded.seq2seq, loaded.max_len)
     datasets = build_datasets(encoder, corpus, hparams["packing"], loaded.pad_id, loaded.decoder_start_id)
     schedule = plan_schedule(hparams, len(datasets.train))
     state.total_steps = schedule.total_steps
     write_hyperparameters(model_dir, output_dir, used_hyperparameters(hparams, schedule, loaded.max_len))
     training = start_training(loaded.model, hparams, schedule, hardware)
-    report_start(hparams, corpus, loaded, datasets, schedule, hardware)
+    fingerprint = run_fingerprint(hparams, schedule, len(datasets.train), len(loaded.tokenizer))
+    resumed_from_step = resume_from_latest(
+        training, paths["checkpoint_dir"], fingerprint, schedule.total_steps
+    )
+    state.step = training.step
+    report_start(hparams, corpus, loaded, datasets, schedule, hardware, resumed_from_step)
 
     state.phase = "train"
     trainer = Trainer(
@@ -75,13 +80,14 @@ def _run(hparams: dict, paths: dict, state) -> int:
         seq2seq=loaded.seq2seq,
         tokenizer=loaded.tokenizer,
         checkpoint_dir=paths["checkpoint_dir"],
+        run_fingerprint=fingerprint,
     )
     trainer.train()
 
     state.phase = "save"
     state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
     stopped = state.stop_requested()  # also true for a signal that came during the save
-    metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware)
+    metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware, resumed_from_step)
     write_json(os.path.join(model_dir, "metrics.json"), metrics)
     if stopped:
         report_stopped(state, training.step, schedule.total_steps, model_dir)
@@ -113,6 +119,7 @@ def final_metrics(
     loaded: LoadedModel,
     schedule: Schedule,
     hardware: Hardware,
+    resumed_from_step: int,
 ) -> dict:
     """metrics.json: the figures of the run and its log history."""
     tracker = training.tracker
@@ -141,6 +148,7 @@ def final_metrics(
         "seq2seq": loaded.seq2seq,
         "lora_target_modules": loaded.lora_targets,
         "adapter_merged": bool(hparams["method"] == "lora" and hparams["merge_adapter"]),
+        "resumed_from_step": resumed_from_step,
         "log_history": tracker.log_history,
     }
 
@@ -152,6 +160,7 @@ def report_start(
     datasets: Datasets,
     schedule: Schedule,
     hardware: Hardware,
+    resumed_from_step: int,
 ) -> None:
     emit(
         "start",
@@ -171,6 +180,7 @@ def report_start(
         packing=bool(hparams["packing"] and not loaded.seq2seq),
         lora_target_modules=loaded.lora_targets,
         learning_rate=hparams["learning_rate"],
+        resumed_from_step=resumed_from_step,
     )
 
 
