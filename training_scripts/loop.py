@@ -81,6 +81,7 @@ class Trainer:
         self.run_fingerprint = run_fingerprint  # what a resume from our checkpoints must match
         self.last_checkpoint = time.monotonic()
         self.checkpoint_due = False
+        self.checkpointed_step = training.step  # the step of the newest checkpoint (resumed from, or 0)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_norm = torch.zeros(())  # the latest step's, reported with the next progress event
         self.last_micro_batch: tuple = ()
@@ -95,6 +96,8 @@ class Trainer:
                 break  # the epoch's position stays as the stop's checkpoint saved it
             self.training.epoch += 1
             self.training.epoch_micro_batches = 0
+        if self.run_state.stop_requested() and self.checkpointed_step != self.training.step:
+            self._save_checkpoint()  # the stop came as an epoch ended
         self.hardware.synchronize()
         self.tracker.stop_clock()
         if not self.run_state.stop_requested() and self.datasets.eval is not None:
@@ -259,4 +262,5 @@ class Trainer:
         with self.tracker.excluding():
             path = save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir, self.run_fingerprint)
         self.last_checkpoint = time.monotonic()
+        self.checkpointed_step = self.training.step
         emit("checkpoint", step=self.training.step, path=path)
