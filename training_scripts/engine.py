@@ -30,7 +30,7 @@ from outputs import generate_samples, save_model, write_hyperparameters, write_j
 from reporting import TrainingError, emit, finite, perplexity  # noqa: E402
 from schedule import Schedule, plan_schedule, used_hyperparameters  # noqa: E402
 from tokenization import Encoder  # noqa: E402
-from training_state import TrainingState, start_training  # noqa: E402
+from training_state import TrainingState, resume_from_latest, run_fingerprint, start_training  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -58,7 +58,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     phases.start("preparing_data")
     corpus = load_corpus(paths, hparams)
     phases.start("loading_model")
-    loaded = load_model(hparams, corpus, hardware)
+    loaded = load_model(hparams, corpus, hardware, init_model_dir=paths.get("init_model_dir"))
     phases.start("preparing_data")  # tokenising needs the model's tokenizer
     encoder = Encoder(loaded.tokenizer, loaded.seq2seq, loaded.max_len)
     datasets = build_datasets(encoder, corpus, hparams["packing"], loaded.pad_id, loaded.decoder_start_id)
@@ -66,7 +66,12 @@ def _run(hparams: dict, paths: dict, state) -> int:
     state.total_steps = schedule.total_steps
     write_hyperparameters(model_dir, output_dir, used_hyperparameters(hparams, schedule, loaded.max_len))
     training = start_training(loaded.model, hparams, schedule, hardware)
-    report_start(hparams, corpus, loaded, datasets, schedule, hardware)
+    fingerprint = run_fingerprint(hparams, schedule, len(datasets.train), len(loaded.tokenizer))
+    resumed_from_step = resume_from_latest(
+        training, paths["checkpoint_dir"], fingerprint, schedule.total_steps
+    )
+    state.step = training.step
+    report_start(hparams, corpus, loaded, datasets, schedule, hardware, resumed_from_step)
 
     state.phase = "train"
     phases.start("training")
@@ -80,6 +85,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
         seq2seq=loaded.seq2seq,
         tokenizer=loaded.tokenizer,
         checkpoint_dir=paths["checkpoint_dir"],
+        run_fingerprint=fingerprint,
     )
     trainer.train()
 
@@ -87,7 +93,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     phases.start("saving")
     state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
     stopped = state.stop_requested()  # also true for a signal that came during the save
-    metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware)
+    metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware, resumed_from_step)
     write_json(os.path.join(model_dir, "metrics.json"), metrics)
     if stopped:
         report_stopped(state, training.step, schedule.total_steps, model_dir)
@@ -120,6 +126,7 @@ def final_metrics(
     loaded: LoadedModel,
     schedule: Schedule,
     hardware: Hardware,
+    resumed_from_step: int,
 ) -> dict:
     """metrics.json: the figures of the run and its log history."""
     tracker = training.tracker
@@ -148,6 +155,7 @@ def final_metrics(
         "seq2seq": loaded.seq2seq,
         "lora_target_modules": loaded.lora_targets,
         "adapter_merged": bool(hparams["method"] == "lora" and hparams["merge_adapter"]),
+        "resumed_from_step": resumed_from_step,
         "log_history": tracker.log_history,
     }
 
@@ -159,6 +167,7 @@ def report_start(
     datasets: Datasets,
     schedule: Schedule,
     hardware: Hardware,
+    resumed_from_step: int,
 ) -> None:
     emit(
         "start",
@@ -178,6 +187,7 @@ def report_start(
         packing=bool(hparams["packing"] and not loaded.seq2seq),
         lora_target_modules=loaded.lora_targets,
         learning_rate=hparams["learning_rate"],
+        resumed_from_step=resumed_from_step,
     )
 
 

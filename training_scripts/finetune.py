@@ -4,10 +4,12 @@
 Contract (see README.md):
 
     python finetune.py [--train_dir D] [--validation_dir D] [--model_dir D] [--output_dir D]
-                       [--checkpoint_dir D] [--<hyperparameter> <value> ...]
+                       [--checkpoint_dir D] [--init_model_dir D] [--<hyperparameter> <value> ...]
 
 Directories default from SM_CHANNEL_TRAIN, SM_CHANNEL_VALIDATION, SM_MODEL_DIR,
-SM_OUTPUT_DATA_DIR. Hyperparameter values may be JSON-encoded (SageMaker does that).
+SM_OUTPUT_DATA_DIR, SM_CHECKPOINT_DIR, SM_CHANNEL_INIT_MODEL. A run continues by itself from
+the newest complete checkpoint in the checkpoint folder. Hyperparameter values may be
+JSON-encoded (SageMaker does that).
 stdout carries only protocol events (one JSON object per line, see progress.py);
 everything else goes to stderr.
 
@@ -35,6 +37,7 @@ PATH_FLAGS = {
     "model_dir": "SM_MODEL_DIR",
     "output_dir": "SM_OUTPUT_DATA_DIR",
     "checkpoint_dir": "SM_CHECKPOINT_DIR",
+    "init_model_dir": "SM_CHANNEL_INIT_MODEL",  # a saved model (or its model.tar.gz) to continue from
 }
 
 

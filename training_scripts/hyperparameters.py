@@ -185,6 +185,15 @@ _SPEC: tuple[Param, ...] = (
         max=10_000_000,
     ),
     Param(
+        "checkpoint_minutes",
+        "float",
+        0.0,
+        "Also save a checkpoint once this many minutes went by since the last (0 = off); "
+        "a stopped run always leaves one.",
+        min=0,
+        max=10080,
+    ),
+    Param(
         "validation_split",
         "float",
         0.05,

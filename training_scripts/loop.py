@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -64,6 +65,7 @@ class Trainer:
         seq2seq: bool,
         tokenizer,
         checkpoint_dir: str,
+        run_fingerprint: dict,
     ):
         self.training = training
         self.tracker = training.tracker
@@ -77,6 +79,10 @@ class Trainer:
         self.seq2seq = seq2seq
         self.tokenizer = tokenizer
         self.checkpoint_dir = checkpoint_dir
+        self.run_fingerprint = run_fingerprint  # what a resume from our checkpoints must match
+        self.last_checkpoint = time.monotonic()
+        self.checkpoint_due = False
+        self.checkpointed_step = training.step  # the step of the newest checkpoint (resumed from, or 0)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.grad_norm = torch.zeros(())  # the latest step's, reported with the next progress event
         self.last_micro_batch: tuple = ()
@@ -87,7 +93,12 @@ class Trainer:
         self.model.train()
         while self._going():
             self._train_epoch(self._epoch_batches())
+            if self.run_state.stop_requested():
+                break  # the epoch's position stays as the stop's checkpoint saved it
             self.training.epoch += 1
+            self.training.epoch_micro_batches = 0
+        if self.run_state.stop_requested() and self.checkpointed_step != self.training.step:
+            self._save_checkpoint()  # the stop came as an epoch ended
         self.hardware.synchronize()
         self.tracker.stop_clock()
         if not self.run_state.stop_requested() and self.datasets.eval is not None:
@@ -98,13 +109,15 @@ class Trainer:
         return self.training.step < self.schedule.total_steps and not self.run_state.stop_requested()
 
     def _epoch_batches(self) -> Iterator[Batch]:
-        return epoch_batches(
+        batches = epoch_batches(
             self.datasets.train,
             self.schedule.batch_size,
             self.seed,
             self.training.epoch,
             self.hardware.pad_multiple,
         )
+        # A resumed run skips what the epoch already trained on (0 otherwise).
+        return itertools.islice(batches, self.training.epoch_micro_batches, None)
 
     def _train_epoch(self, micro: Iterator[Batch]) -> None:
         while self._going():
@@ -112,12 +125,12 @@ class Trainer:
             if not group:
                 break  # the epoch is over
             self._optimizer_step(group)
-            if self.run_state.stop_requested():
-                break
             step = self.training.step
-            if self.datasets.eval is not None and self.schedule.is_eval_step(step):
+            evaluate = self.datasets.eval is not None and self.schedule.is_eval_step(step)
+            if evaluate and not self.run_state.stop_requested():
                 self.training.eval_loss = self._evaluate_and_report()
-            if self.schedule.is_save_step(step):
+            # A stopped run always leaves a checkpoint to resume from (a signal during the eval too).
+            if self.checkpoint_due or self.run_state.stop_requested():
                 self._save_checkpoint()
 
     # one optimizer step -------------------------------------------------------------
@@ -125,10 +138,20 @@ class Trainer:
         self._accumulate_gradients(group)
         learning_rate = self._apply_gradients()
         self.training.step += 1
+        self.training.epoch_micro_batches += len(group)
         self.run_state.step = self.training.step
+        self.checkpoint_due = self.schedule.is_checkpoint_due(
+            self.training.step, time.monotonic() - self.last_checkpoint
+        )
         due = self.tracker.train_time() - self.window.started >= PROGRESS_MAX_INTERVAL_SECONDS
-        # Also report every few seconds, so a watcher never sees a frozen bar on slow steps.
-        if self.schedule.is_logging_step(self.training.step) or due or self.run_state.stop_requested():
+        # Also report every few seconds, so a watcher never sees a frozen bar on slow steps; and
+        # before a checkpoint, which then holds every step's loss (a resume goes on from there).
+        if (
+            self.schedule.is_logging_step(self.training.step)
+            or due
+            or self.checkpoint_due
+            or self.run_state.stop_requested()
+        ):
             self._report_progress(learning_rate)
 
     def _accumulate_gradients(self, group: list[Batch]) -> None:
@@ -240,5 +263,7 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         with self.tracker.excluding():
-            path = save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir)
+            path = save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir, self.run_fingerprint)
+        self.last_checkpoint = time.monotonic()
+        self.checkpointed_step = self.training.step
         emit("checkpoint", step=self.training.step, path=path)

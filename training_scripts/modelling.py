@@ -12,6 +12,7 @@ import torch
 from data import Corpus, Sample, sample_strings
 from hardware import Hardware
 from hub import hf_token, resolve_base_model, unavailable
+from init_model import load_init_model
 from reporting import TrainingError, log
 from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
@@ -189,8 +190,13 @@ class LoadedModel:
     trainable_parameters: int
 
 
-def load_model(hparams: dict, corpus: Corpus, hardware: Hardware) -> LoadedModel:
-    model, tokenizer, seq2seq = load_base_model(hparams, corpus, hardware)
+def load_model(
+    hparams: dict, corpus: Corpus, hardware: Hardware, init_model_dir: str | None = None
+) -> LoadedModel:
+    if init_model_dir:  # continue training a saved model (C3) instead of starting from the base weights
+        model, tokenizer, seq2seq = load_init_model(init_model_dir, hparams, hardware)
+    else:
+        model, tokenizer, seq2seq = load_base_model(hparams, corpus, hardware)
     max_len = fit_max_seq_length(hparams, model, seq2seq)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
@@ -234,7 +240,9 @@ def prepare_for_training(model, hparams: dict, seq2seq: bool, hardware: Hardware
     if hparams["gradient_checkpointing"]:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     lora_targets = None
-    if hparams["method"] == "lora":
+    if hparams["method"] == "lora" and hasattr(model, "peft_config"):  # an adapter continued (C3)
+        lora_targets = sorted(model.peft_config["default"].target_modules)
+    elif hparams["method"] == "lora":
         model, lora_targets = apply_lora(model, hparams, seq2seq)
     model.to(hardware.device)
     with contextlib.suppress(Exception):

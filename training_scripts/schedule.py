@@ -14,7 +14,8 @@ class Schedule:
     total_steps: int
     logging_steps: int
     eval_steps: int
-    save_steps: int  # 0: no checkpoints
+    save_steps: int  # 0: no checkpoints every N steps
+    checkpoint_seconds: float = 0.0  # also a checkpoint once this long went by since the last (0: off)
 
     def epoch_at(self, step: int) -> float:
         return round(step / self.steps_per_epoch, 4)
@@ -27,6 +28,11 @@ class Schedule:
 
     def is_save_step(self, step: int) -> bool:
         return bool(self.save_steps) and step % self.save_steps == 0 and step < self.total_steps
+
+    def is_checkpoint_due(self, step: int, seconds_since_checkpoint: float) -> bool:
+        """Every save_steps, and by time (checkpoint_minutes); the final model needs no checkpoint."""
+        on_time = bool(self.checkpoint_seconds) and seconds_since_checkpoint >= self.checkpoint_seconds
+        return self.is_save_step(step) or (on_time and step < self.total_steps)
 
 
 def plan_schedule(hparams: dict, train_examples: int) -> Schedule:
@@ -43,6 +49,7 @@ def plan_schedule(hparams: dict, train_examples: int) -> Schedule:
         logging_steps=hparams["logging_steps"] or max(1, total_steps // 100),
         eval_steps=hparams["eval_steps"] or max(1, math.ceil(total_steps / 5)),
         save_steps=hparams["save_steps"],
+        checkpoint_seconds=hparams["checkpoint_minutes"] * 60,
     )
 
 
