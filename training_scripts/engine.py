@@ -148,6 +148,7 @@ def final_metrics(
         "total_parameters": loaded.total_parameters,
         "trainable_parameters": loaded.trainable_parameters,
         "device": str(hardware.device),
+        "peak_memory_bytes": hardware.peak_memory_bytes(),  # per device (rank 0's)
         "precision": hardware.precision,
         "method": hparams["method"],
         "seq2seq": loaded.seq2seq,

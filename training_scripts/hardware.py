@@ -47,6 +47,10 @@ class Hardware:
         if self.on_gpu:
             torch.cuda.synchronize()
 
+    def peak_memory_bytes(self) -> int | None:
+        """The most GPU memory tensors held at once in this process (None on a CPU)."""
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.on_gpu else None
+
 
 def pick_hardware(precision: str = "auto") -> Hardware:
     """FINETUNE_DEVICE when set, else the GPU when there is one, else CPU; under torchrun, this process's GPU.
