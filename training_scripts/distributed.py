@@ -70,12 +70,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_sum(values, device):
-    """The element-wise sum over all processes of a list of numbers (or a tensor), as a float64 tensor."""
+def all_sum(values: list, device):
+    """The element-wise sum over all processes of numbers and 0-d tensors, as one float64 tensor."""
     import torch
 
-    tensor = values if isinstance(values, torch.Tensor) else torch.tensor(values, dtype=torch.float64)
-    tensor = tensor.to(device=device, dtype=torch.float64)
+    tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64).to(device) for v in values])
     if _initialised():
         import torch.distributed as dist
 

@@ -212,21 +212,10 @@ class Trainer:
     def _report_progress(self, learning_rate: float) -> None:
         window, tracker, step = self.window, self.tracker, self.training.step
         if self.world_size > 1:  # the figures of all processes: loss over all targets, tokens of all
-            summed = distributed.all_sum(
-                torch.stack(
-                    [
-                        window.loss.double(),
-                        torch.tensor(float(window.targets), dtype=torch.float64, device=window.loss.device),
-                        torch.tensor(float(window.tokens), dtype=torch.float64, device=window.loss.device),
-                    ]
-                ),
-                self.hardware.device,
+            loss, targets, tokens = distributed.all_sum(
+                [window.loss, window.targets, window.tokens], self.hardware.device
             ).tolist()
-            window.loss, window.targets, window.tokens = (
-                torch.tensor(summed[0]),
-                int(summed[1]),
-                int(summed[2]),
-            )
+            window.loss, window.targets, window.tokens = torch.tensor(loss), int(targets), int(tokens)
         loss_value = float(window.loss) / window.targets if window.targets else None
         if loss_value is not None and not math.isfinite(loss_value):
             raise TrainingError(
@@ -299,15 +288,7 @@ class Trainer:
                 count += batch.n_targets
         model.train()
         if self.world_size > 1:
-            loss_sum, count = distributed.all_sum(
-                torch.stack(
-                    [
-                        loss_sum.double(),
-                        torch.tensor(float(count), dtype=torch.float64, device=loss_sum.device),
-                    ]
-                ),
-                self.hardware.device,
-            ).tolist()
+            loss_sum, count = distributed.all_sum([loss_sum, count], self.hardware.device).tolist()
         return finite(float(loss_sum) / count) if count else None
 
     def _save_checkpoint(self) -> None:
