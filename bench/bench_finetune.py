@@ -1,7 +1,17 @@
-"""Training throughput of training_scripts/finetune.py against a plain Hugging Face Trainer baseline.
+"""Training throughput of training_scripts/finetune.py against a baseline, or over several processes.
 
-    python bench/bench_finetune.py                     # 3 alternating pairs, 60 steps each
+    python bench/bench_finetune.py                     # against the Trainer recipe, 3 pairs, 60 steps
     python bench/bench_finetune.py --steps 100 --repeats 5 --seq-len 256
+    # against the engine of an earlier commit (its training_scripts/, extracted with git archive):
+    python bench/bench_finetune.py --baseline engine --ref 44fffff --threads 1 --precision bf16
+    python bench/bench_finetune.py --baseline engine --size small --method lora --steps 4 --batch-size 2
+    # two torchrun processes (gloo) against one, the same global batch: scaling efficiency
+    python bench/bench_finetune.py --baseline processes --nproc 2 --threads 1
+
+--size small is a GPT-2-small-sized random-init model (12 layers, n_embd 768, 12 heads, the
+GPT-2 vocabulary size of 50257; the tokenizer is still the 3000-token BPE, the other embedding rows
+are just never used). --precision is what the current engine is told (auto, fp32, bf16); an
+earlier engine has no such hyperparameter and trains fp32 on a CPU.
 
 Both sides train the same tiny GPT-2 (2 layers, n_embd 128, 4 heads, a 3000-token byte-level
 BPE learnt on the data; built once and saved to a folder both load) on the same text
@@ -59,14 +69,30 @@ def make_rows(n: int, seed: int = 0) -> list[dict]:
     return rows
 
 
-def build_model(rows: list[dict], folder: Path, seq_len: int) -> None:
+def build_model(rows: list[dict], folder: Path, seq_len: int, size: str = "tiny") -> None:
     sys.path.insert(0, str(ROOT / "training_scripts"))
     from data import parse_sample
     from modelling import build_scratch  # the same builder as scratch:tiny-gpt2
 
     model, tokenizer = build_scratch("scratch:tiny-gpt2", [parse_sample(r) for r in rows], max(seq_len, 128))
+    if size == "small":
+        from transformers import GPT2LMHeadModel
+
+        config = model.config
+        config.update({"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257})
+        model = GPT2LMHeadModel(config)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+
+
+def extract_engine(ref: str, folder: Path) -> Path:
+    """training_scripts/ of commit ``ref`` (git archive), so an earlier engine runs beside this one."""
+    folder.mkdir(parents=True)
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", ref, "training_scripts"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "training_scripts" / "finetune.py"
 
 
 # ----------------------------------------------------------------------------- baseline (child)
@@ -168,14 +194,21 @@ def child_env(args) -> dict:
     return env
 
 
-def run_finetune(args, model_dir: Path, data_dir: Path, out: Path) -> dict:
-    cmd = [sys.executable, str(SCRIPT), "--train_dir", str(data_dir)]
+def run_finetune(
+    args, model_dir: Path, data_dir: Path, out: Path, script: Path = SCRIPT, precision=None, nproc: int = 1
+) -> dict:
+    launcher = [sys.executable]
+    if nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc)]
+    cmd = [*launcher, str(script), "--train_dir", str(data_dir)]
     cmd += ["--model_dir", str(out / "model"), "--output_dir", str(out / "output")]
+    # n processes take batch_size / n each: the same global batch, the same steps
+    batch_size = args.batch_size // nproc
     hps = {
         "base_model": str(model_dir),
-        "method": "full",
+        "method": args.method,
         "max_steps": args.steps,
-        "batch_size": args.batch_size,
+        "batch_size": batch_size,
         "max_seq_length": args.seq_len,
         "learning_rate": args.lr,
         "lr_scheduler": "linear",
@@ -185,6 +218,8 @@ def run_finetune(args, model_dir: Path, data_dir: Path, out: Path) -> dict:
         "validation_split": 0,
         "num_sample_generations": 0,
     }
+    if precision:
+        hps["precision"] = precision
     for k, v in hps.items():
         cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     started = time.perf_counter()
@@ -196,11 +231,13 @@ def run_finetune(args, model_dir: Path, data_dir: Path, out: Path) -> dict:
         sys.exit(f"finetune.py failed ({proc.returncode}): {events[-1:]}\n{proc.stderr[-3000:]}")
     d = done[0]
     metrics = json.loads((out / "model" / "metrics.json").read_text())
+    # CPU seconds: rank 0's, times the processes (each runs the same work)
     return {
+        "precision": metrics.get("precision"),
         "tokens": d["train_tokens"],
         "seconds": d["train_runtime"],
         "tokens_per_second": d["tokens_per_second"],
-        "tokens_per_cpu_second": d["train_tokens"] / metrics["train_cpu_seconds"],
+        "tokens_per_cpu_second": d["train_tokens"] / (metrics["train_cpu_seconds"] * nproc),
         "wall": wall,
     }
 
@@ -223,6 +260,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument(
+        "--baseline",
+        choices=("trainer", "engine", "processes"),
+        default="trainer",
+        help="trainer: the Trainer recipe; engine: finetune.py of --ref; processes: this engine on 1 process",
+    )
+    parser.add_argument("--ref", default="44fffff", help="the commit whose engine --baseline engine runs")
+    parser.add_argument("--size", choices=("tiny", "small"), default="tiny")
+    parser.add_argument("--method", choices=("full", "lora"), default="full")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="told to this engine only")
+    parser.add_argument("--nproc", type=int, default=2, help="processes of --baseline processes")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -249,37 +297,59 @@ def main() -> None:
         data_dir.mkdir()
         data_file = data_dir / "train.jsonl"
         data_file.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-        model_dir = tmp / "tiny-gpt2"
-        build_model(rows, model_dir, args.seq_len)
+        model_dir = tmp / f"{args.size}-gpt2"
+        build_model(rows, model_dir, args.seq_len, args.size)
+        if args.baseline == "trainer" and args.method != "full":
+            sys.exit("the Trainer baseline trains full only: use --baseline engine for lora")
+        old_script = extract_engine(args.ref, tmp / "ref") if args.baseline == "engine" else None
+        names = {
+            "trainer": ("finetune.py", "Trainer+group_texts"),
+            "engine": ("finetune.py", f"finetune.py@{args.ref}"),
+            "processes": (f"finetune.py x{args.nproc}", "finetune.py x1"),
+        }[args.baseline]
+
+        def ours_run(i):
+            nproc = args.nproc if args.baseline == "processes" else 1
+            return run_finetune(
+                args, model_dir, data_dir, tmp / f"ft{i}", precision=args.precision, nproc=nproc
+            )
+
+        def theirs_run(i):
+            if args.baseline == "trainer":
+                return run_baseline(args, model_dir, data_file, tmp / f"bl{i}")
+            if args.baseline == "engine":
+                return run_finetune(args, model_dir, data_dir, tmp / f"bl{i}", script=old_script)
+            return run_finetune(args, model_dir, data_dir, tmp / f"bl{i}", precision=args.precision)
+
         print(
-            f"tiny GPT-2 from {model_dir.name}, {args.rows} text rows, {args.steps} steps x batch "
-            f"{args.batch_size} x {args.seq_len} tokens, {args.repeats} alternating pairs, "
-            f"{os.cpu_count()} CPUs, threads {args.threads or 'default'}, "
+            f"{args.size} GPT-2 ({args.method}, precision {args.precision or 'default'}), {args.rows} text "
+            f"rows, {args.steps} steps x batch {args.batch_size} x {args.seq_len} tokens, {args.repeats} "
+            f"alternating pairs, {os.cpu_count()} CPUs, threads {args.threads or 'default'}, "
             f"load average {os.getloadavg()[0]:.2f}"
         )
         ours, theirs = [], []
         for i in range(args.repeats):
-            a = run_finetune(args, model_dir, data_dir, tmp / f"ft{i}")
-            b = run_baseline(args, model_dir, data_file, tmp / f"bl{i}")
+            a = ours_run(i)
+            b = theirs_run(i)
             ours.append(a)
             theirs.append(b)
             print(
-                f"  pair {i + 1}: finetune.py {a['tokens_per_second']:9.0f} tok/s "
-                f"({a['seconds']:.2f} s train, {a['wall']:.1f} s process) | "
-                f"Trainer+group_texts {b['tokens_per_second']:9.0f} tok/s "
-                f"({b['seconds']:.2f} s train, {b['wall']:.1f} s process) | ratio "
-                f"{a['tokens_per_second'] / b['tokens_per_second']:.3f}"
+                f"  pair {i + 1}: {names[0]} {a['tokens_per_second']:9.0f} tok/s "
+                f"({a['seconds']:.2f} s train, {a['wall']:.1f} s process, {a.get('precision')}) | "
+                f"{names[1]} {b['tokens_per_second']:9.0f} tok/s "
+                f"({b['seconds']:.2f} s train, {b['wall']:.1f} s process, {b.get('precision', 'fp32')}) | "
+                f"ratio {a['tokens_per_second'] / b['tokens_per_second']:.3f}"
             )
-        for name, runs in (("finetune.py", ours), ("Trainer+group_texts", theirs)):
+        for name, runs in zip(names, (ours, theirs), strict=True):
             tps = [r["tokens_per_second"] for r in runs]
             print(
-                f"{name:20s} best {max(tps):9.0f}  median {statistics.median(tps):9.0f} tokens/s   "
+                f"{name:24s} best {max(tps):9.0f}  median {statistics.median(tps):9.0f} tokens/s   "
                 f"(best process wall {min(r['wall'] for r in runs):.1f} s)"
             )
-        for name, runs in (("finetune.py", ours), ("Trainer+group_texts", theirs)):
+        for name, runs in zip(names, (ours, theirs), strict=True):
             cps = [r["tokens_per_cpu_second"] for r in runs]
             print(
-                f"{name:20s} tokens per CPU-second: best {max(cps):9.0f}  "
+                f"{name:24s} tokens per CPU-second: best {max(cps):9.0f}  "
                 f"median {statistics.median(cps):9.0f}"
             )
         cpu_ratio = statistics.median(r["tokens_per_cpu_second"] for r in ours) / statistics.median(
@@ -292,10 +362,18 @@ def main() -> None:
         print(
             f"ratio of tokens per CPU-second (median): {cpu_ratio:.3f}  (load-independent with --threads 1)"
         )
-        verdict = "PASS" if best >= 1.0 else "FAIL"
+        if args.baseline == "processes":
+            print(
+                f"scaling efficiency {names[0]} / ({args.nproc} x {names[1]}): "
+                f"best-of {best / args.nproc:.3f}, median {median / args.nproc:.3f} "
+                f"(tokens/s; needs {args.nproc} idle cores to mean much)"
+            )
+            return
+        target = 1.3 if args.precision == "bf16" else 1.0
+        verdict = "PASS" if best >= target else "FAIL"
         print(
-            f"ratio finetune.py / baseline: best-of {best:.3f}, median {median:.3f}  "
-            f"(target >= 1.0: {verdict})"
+            f"ratio {names[0]} / {names[1]}: best-of {best:.3f}, median {median:.3f}  "
+            f"(target >= {target}: {verdict})"
         )
 
 

@@ -21,6 +21,9 @@ class Batch:
     decoder_input_ids: torch.Tensor | None
     tokens: int  # real (non-padding) tokens processed
     n_targets: int
+    # A rank's filler at the end of an epoch, so every rank runs as many micro-batches (DDP needs
+    # that): it is computed and weighted 0, so no sample counts twice.
+    filler: bool = False
 
 
 class PackedData:
@@ -49,25 +52,26 @@ class PackedData:
     def __len__(self) -> int:
         return self.ids.shape[0]
 
-    def batches(
-        self, batch_size: int, generator: torch.Generator | None, pad_multiple: int
-    ) -> Iterator[Batch]:
+    def groups(self, batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
+        """The blocks of each micro-batch, in order (shuffled by ``generator``)."""
         n = len(self)
         order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
-        last = n - 1
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
-            ids = self.ids[idx]
-            targets = self.targets[idx]
-            mask = None
-            tokens = len(idx) * self.block
-            if self.last_len < self.block and bool((idx == last).any()):
-                mask = torch.ones_like(ids)
-                row = int((idx == last).nonzero()[0])
-                mask[row, self.last_len :] = 0
-                tokens -= self.block - self.last_len
-            n_targets = sum(self.n_targets_per_block[i] for i in idx.tolist())
-            yield Batch(ids, mask, targets, None, tokens, n_targets)
+        order = order.tolist()
+        return [order[start : start + batch_size] for start in range(0, n, batch_size)]
+
+    def collate(self, group: list[int], pad_multiple: int) -> Batch:
+        idx = torch.tensor(group, dtype=torch.long)
+        ids = self.ids[idx]
+        targets = self.targets[idx]
+        mask = None
+        tokens = len(group) * self.block
+        last = len(self) - 1
+        if self.last_len < self.block and last in group:
+            mask = torch.ones_like(ids)
+            mask[group.index(last), self.last_len :] = 0
+            tokens -= self.block - self.last_len
+        n_targets = sum(self.n_targets_per_block[i] for i in group)
+        return Batch(ids, mask, targets, None, tokens, n_targets)
 
 
 class PaddedData:
@@ -91,24 +95,23 @@ class PaddedData:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def batches(
-        self, batch_size: int, generator: torch.Generator | None, pad_multiple: int
-    ) -> Iterator[Batch]:
+    def groups(self, batch_size: int, generator: torch.Generator | None) -> list[list[int]]:
+        """The rows of each micro-batch: similar lengths together, shuffled by ``generator``."""
         n = len(self.rows)
-        if generator is not None:
-            order = torch.randperm(n, generator=generator).tolist()
-            mega = batch_size * 50
-            groups = []
-            for start in range(0, n, mega):
-                chunk = sorted(order[start : start + mega], key=lambda i: -len(self.rows[i][0]))
-                groups += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
-            perm = torch.randperm(len(groups), generator=generator).tolist()
-            groups = [groups[i] for i in perm]
-        else:
+        if generator is None:
             order = sorted(range(n), key=lambda i: -len(self.rows[i][0]))
-            groups = [order[k : k + batch_size] for k in range(0, n, batch_size)]
-        for group in groups:
-            yield self._collate([self.rows[i] for i in group], pad_multiple)
+            return [order[k : k + batch_size] for k in range(0, n, batch_size)]
+        order = torch.randperm(n, generator=generator).tolist()
+        mega = batch_size * 50
+        groups = []
+        for start in range(0, n, mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -len(self.rows[i][0]))
+            groups += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+        perm = torch.randperm(len(groups), generator=generator).tolist()
+        return [groups[i] for i in perm]
+
+    def collate(self, group: list[int], pad_multiple: int) -> Batch:
+        return self._collate([self.rows[i] for i in group], pad_multiple)
 
     def _collate(self, rows, pad_multiple: int) -> Batch:
         def width(lengths):
@@ -174,16 +177,42 @@ def build_datasets(
 
 
 def epoch_batches(
-    data: Dataset, batch_size: int, seed: int, epoch: int, pad_multiple: int
+    data: Dataset,
+    batch_size: int,
+    seed: int,
+    epoch: int,
+    pad_multiple: int,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Iterator[Batch]:
-    """The micro-batches of one epoch, in an order fixed by the seed and the epoch.
+    """This process's micro-batches of one epoch, in an order fixed by the seed and the epoch.
 
-    The one loader of training data: a distributed sampler (each rank its share of the order)
-    and skipping the batches a resumed run already saw belong here.
+    The one loader of training data. Every process draws the same order of micro-batches and
+    takes every ``world_size``-th from its ``rank`` on, so the micro-batches of one optimizer step
+    over all processes are those a single process would take with ``world_size`` times the
+    accumulation (the same training). Each sample is seen once per epoch overall; a process left one
+    short at the end runs a filler (weighted 0) so all run as many micro-batches.
     """
     generator = torch.Generator().manual_seed(seed + epoch)
-    return data.batches(batch_size, generator, pad_multiple)
+    groups = data.groups(batch_size, generator)
+    mine = groups[rank::world_size]
+    for group in mine:
+        yield data.collate(group, pad_multiple)
+    per_rank = math.ceil(len(groups) / world_size)
+    for _ in range(per_rank - len(mine)):
+        filler = data.collate(groups[0], pad_multiple)
+        filler.filler, filler.tokens, filler.n_targets = True, 0, 0
+        yield filler
 
 
-def eval_batches(data: Dataset, batch_size: int, pad_multiple: int) -> Iterator[Batch]:
-    return data.batches(batch_size, None, pad_multiple)
+def micro_batches_per_epoch(data: Dataset, batch_size: int, world_size: int = 1) -> int:
+    """Micro-batches each process runs per epoch (fillers included)."""
+    return math.ceil(math.ceil(len(data) / batch_size) / world_size)
+
+
+def eval_batches(
+    data: Dataset, batch_size: int, pad_multiple: int, rank: int = 0, world_size: int = 1
+) -> Iterator[Batch]:
+    """This process's share of the validation batches (their losses are summed over the processes)."""
+    for group in data.groups(batch_size, None)[rank::world_size]:
+        yield data.collate(group, pad_multiple)

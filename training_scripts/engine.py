@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+import distributed  # noqa: E402
 import phases  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
@@ -25,7 +26,7 @@ from batching import Datasets, build_datasets  # noqa: E402
 from data import Corpus, load_corpus  # noqa: E402
 from hardware import Hardware, pick_hardware  # noqa: E402
 from loop import Trainer  # noqa: E402
-from modelling import LoadedModel, load_model  # noqa: E402
+from modelling import LoadedModel, load_model, merged_adapter_model  # noqa: E402
 from outputs import generate_samples, save_model, write_hyperparameters, write_json  # noqa: E402
 from reporting import TrainingError, emit, finite, perplexity  # noqa: E402
 from schedule import Schedule, plan_schedule, used_hyperparameters  # noqa: E402
@@ -44,14 +45,17 @@ def run(hparams: dict, paths: dict, state) -> int:
         raise TrainingError(
             f"out of GPU memory ({str(exc).splitlines()[0]}): lower batch_size or max_seq_length (raise "
             "gradient_accumulation_steps to keep the effective batch), turn on gradient_checkpointing, use "
-            "method lora, or pick an instance with more GPU memory"
+            "method lora or qlora, or pick an instance with more GPU memory (or more GPUs)"
         ) from exc
+    finally:
+        distributed.shutdown()
 
 
 def _run(hparams: dict, paths: dict, state) -> int:
     random.seed(hparams["seed"])
     transformers.set_seed(hparams["seed"])
-    hardware = pick_hardware()
+    hardware = pick_hardware(hparams["precision"])
+    distributed.init(hardware.device.type)
     model_dir, output_dir = paths["model_dir"], paths["output_dir"]
     state.model_dir = model_dir
 
@@ -62,9 +66,10 @@ def _run(hparams: dict, paths: dict, state) -> int:
     phases.start("preparing_data")  # tokenising needs the model's tokenizer
     encoder = Encoder(loaded.tokenizer, loaded.seq2seq, loaded.max_len)
     datasets = build_datasets(encoder, corpus, hparams["packing"], loaded.pad_id, loaded.decoder_start_id)
-    schedule = plan_schedule(hparams, len(datasets.train))
+    schedule = plan_schedule(hparams, len(datasets.train), distributed.world_size())
     state.total_steps = schedule.total_steps
-    write_hyperparameters(model_dir, output_dir, used_hyperparameters(hparams, schedule, loaded.max_len))
+    if distributed.is_main():
+        write_hyperparameters(model_dir, output_dir, used_hyperparameters(hparams, schedule, loaded.max_len))
     training = start_training(loaded.model, hparams, schedule, hardware)
     fingerprint = run_fingerprint(hparams, schedule, len(datasets.train), len(loaded.tokenizer))
     resumed_from_step = resume_from_latest(
@@ -91,7 +96,11 @@ def _run(hparams: dict, paths: dict, state) -> int:
 
     state.phase = "save"
     phases.start("saving")
-    state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
+    if distributed.is_main():  # every process holds the same model: one saves it, the others wait
+        state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
+    distributed.barrier()
+    if not distributed.is_main():
+        return 128 + int(state.stop_signal) if state.stop_requested() else 0
     stopped = state.stop_requested()  # also true for a signal that came during the save
     metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware, resumed_from_step)
     write_json(os.path.join(model_dir, "metrics.json"), metrics)
@@ -113,8 +122,11 @@ def save_trained_model(training: TrainingState, tokenizer, hparams: dict, model_
     training.model.eval()
     if training.step == 0:
         return False
-    merge = hparams["method"] == "lora" and hparams["merge_adapter"]
-    training.model = save_model(training.model, tokenizer, merge, model_dir)
+    merge = hparams["method"] in ("lora", "qlora") and hparams["merge_adapter"]
+    model = training.model
+    if merge and hparams["method"] == "qlora":
+        model = merged_adapter_model(model, hparams)  # the adapter onto the base in bf16, not 4-bit
+    training.model = save_model(model, tokenizer, merge, model_dir)
     return True
 
 
@@ -150,11 +162,13 @@ def final_metrics(
         "total_parameters": loaded.total_parameters,
         "trainable_parameters": loaded.trainable_parameters,
         "device": str(hardware.device),
+        "peak_memory_bytes": hardware.peak_memory_bytes(),  # per device (rank 0's)
         "precision": hardware.precision,
         "method": hparams["method"],
         "seq2seq": loaded.seq2seq,
         "lora_target_modules": loaded.lora_targets,
-        "adapter_merged": bool(hparams["method"] == "lora" and hparams["merge_adapter"]),
+        "adapter_merged": bool(hparams["method"] in ("lora", "qlora") and hparams["merge_adapter"]),
+        "world_size": distributed.world_size(),
         "resumed_from_step": resumed_from_step,
         "log_history": tracker.log_history,
     }
@@ -180,6 +194,11 @@ def report_start(
         trainable_parameters=loaded.trainable_parameters,
         device=hardware.describe(),
         precision=hardware.precision,
+        world_size=distributed.world_size(),
+        # examples per optimizer step: per process x accumulation x processes
+        effective_batch_size=schedule.batch_size
+        * schedule.gradient_accumulation_steps
+        * distributed.world_size(),
         method=hparams["method"],
         base_model=hparams["base_model"],
         max_seq_length=loaded.max_len,

@@ -6,7 +6,9 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import distributed
 import torch
+from reporting import TrainingError, log
 
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -45,18 +47,65 @@ class Hardware:
         if self.on_gpu:
             torch.cuda.synchronize()
 
+    def peak_memory_bytes(self) -> int | None:
+        """The most GPU memory tensors held at once in this process (None on a CPU)."""
+        return int(torch.cuda.max_memory_allocated(self.device)) if self.on_gpu else None
 
-def pick_hardware() -> Hardware:
-    """FINETUNE_DEVICE when set, else the GPU when there is one (bf16 if it can, else fp16), else CPU."""
+
+def pick_hardware(precision: str = "auto") -> Hardware:
+    """FINETUNE_DEVICE when set, else the GPU when there is one, else CPU; under torchrun, this process's GPU.
+
+    ``precision`` (the hyperparameter): auto is bf16 where the device computes it natively (fp16 on
+    a GPU without bf16, fp32 on a CPU without it); fp32 and bf16 force that.
+    """
     forced = os.environ.get("FINETUNE_DEVICE")
     if forced:
         device = torch.device(forced)
     elif torch.cuda.is_available():
-        device = torch.device("cuda")
+        device = torch.device("cuda", distributed.local_rank())
     else:
         device = torch.device("cpu")
-    if device.type != "cuda":
-        return Hardware(device, "fp32")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return Hardware(device, "bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return Hardware(device, pick_precision(precision, device))
+
+
+def pick_precision(precision: str, device: torch.device) -> str:
+    if precision == "fp32":
+        return "fp32"
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return "bf16"
+        if precision == "bf16":
+            raise TrainingError(
+                f"precision bf16: this GPU ({torch.cuda.get_device_name(device)}) has no bf16: "
+                "use auto or fp32"
+            )
+        return "fp16"
+    if device.type != "cpu":
+        return "fp32"
+    if cpu_has_native_bf16():
+        return "bf16"
+    if precision == "bf16":
+        log("precision bf16 on a CPU without native bf16 (no avx512_bf16 / AMX): emulated, slower than fp32")
+        return "bf16"
+    return "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """avx512_bf16 or AMX: the CPU multiplies bf16 itself (else bf16 autocast is emulated, slower)."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    # Not Linux: oneDNN's own check (it also answers true on plain AVX512, where bf16 is emulated
+    # less well, so /proc/cpuinfo comes first).
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:
+        return False

@@ -30,7 +30,9 @@ __all__ = [
     "DEFAULT_LEARNING_RATES",
     "HYPERPARAMETERS",
     "LR_SCHEDULERS",
+    "ADAPTER_METHODS",
     "METHODS",
+    "PRECISIONS",
     "SCRATCH_MODELS",
     "Param",
     "decode_value",
@@ -43,7 +45,9 @@ __all__ = [
     "validate_hyperparameters",
 ]
 
-METHODS = ("full", "lora")
+METHODS = ("full", "lora", "qlora")
+ADAPTER_METHODS = ("lora", "qlora")  # methods that train a LoRA adapter (saved apart or merged)
+PRECISIONS = ("auto", "fp32", "bf16")
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -63,7 +67,7 @@ SCRATCH_MODELS: dict[str, dict[str, int]] = {
 }
 
 # Used when learning_rate is left empty.
-DEFAULT_LEARNING_RATES = {"scratch": 1e-3, "lora": 2e-4, "full": 5e-5}
+DEFAULT_LEARNING_RATES = {"scratch": 1e-3, "lora": 2e-4, "qlora": 2e-4, "full": 5e-5}
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,22 @@ _SPEC: tuple[Param, ...] = (
         "or scratch:tiny-gpt2 to train a tiny GPT-2 and tokenizer from nothing.",
         max_length=500,
     ),
-    Param("method", "choice", "full", "full fine-tuning or LoRA adapters (peft).", choices=METHODS),
+    Param(
+        "method",
+        "choice",
+        "full",
+        "full fine-tuning, LoRA adapters (peft), or QLoRA: LoRA on the base model loaded in 4-bit NF4 "
+        "(bitsandbytes; causal models).",
+        choices=METHODS,
+    ),
+    Param(
+        "precision",
+        "choice",
+        "auto",
+        "auto: bf16 autocast where the device computes bf16 natively (recent GPUs, CPUs with avx512_bf16 "
+        "or AMX), fp16 on older GPUs, else fp32; fp32 forces full precision; bf16 forces bf16 autocast.",
+        choices=PRECISIONS,
+    ),
     Param("epochs", "float", 3.0, "Passes over the training data.", min=0, max=1000, min_exclusive=True),
     Param("max_steps", "int", 0, "Stop after this many optimizer steps (0 = no cap).", min=0, max=10_000_000),
     Param(

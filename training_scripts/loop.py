@@ -2,21 +2,28 @@
 
 Reports progress at least every few seconds, evaluates and checkpoints on the schedule, and
 stops after the current optimizer step once a stop signal came.
+
+Under torchrun each process trains its share of every step (DDP averages the gradients); what
+decides the control flow (report now, stop) is agreed by all processes after each step, so none
+waits in a collective the others never reach. With one process no collective runs at all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import distributed
 import phases
 import torch
 import torch.nn.functional as F
 from batching import Batch, Datasets, epoch_batches, eval_batches
 from hardware import Hardware
+from modelling import wrap_for_processes
 from reporting import TrainingError, emit, finite, perplexity
 from schedule import Schedule
 from tokenization import IGNORE
@@ -69,7 +76,11 @@ class Trainer:
     ):
         self.training = training
         self.tracker = training.tracker
-        self.model = training.model
+        self.rank, self.world_size = distributed.rank(), distributed.world_size()
+        # training.model stays the bare model (what checkpoints and the saved model hold); the
+        # forward and backward passes go through its DDP wrapper when there are several processes.
+        self.model = wrap_for_processes(training.model, hardware)
+        self.stopping = False  # the stop every process agreed on (see _agree)
         self.datasets = datasets
         self.schedule = schedule
         self.hardware = hardware
@@ -83,7 +94,7 @@ class Trainer:
         self.last_checkpoint = time.monotonic()
         self.checkpoint_due = False
         self.checkpointed_step = training.step  # the step of the newest checkpoint (resumed from, or 0)
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.trainable = [p for p in training.model.parameters() if p.requires_grad]
         self.grad_norm = torch.zeros(())  # the latest step's, reported with the next progress event
         self.last_micro_batch: tuple = ()
         self.window = self._open_window(self.tracker.train_time())
@@ -93,20 +104,24 @@ class Trainer:
         self.model.train()
         while self._going():
             self._train_epoch(self._epoch_batches())
-            if self.run_state.stop_requested():
+            if self._stopped():
                 break  # the epoch's position stays as the stop's checkpoint saved it
             self.training.epoch += 1
             self.training.epoch_micro_batches = 0
-        if self.run_state.stop_requested() and self.checkpointed_step != self.training.step:
+        if self._stopped() and self.checkpointed_step != self.training.step:
             self._save_checkpoint()  # the stop came as an epoch ended
         self.hardware.synchronize()
         self.tracker.stop_clock()
-        if not self.run_state.stop_requested() and self.datasets.eval is not None:
+        if not self._stopped() and self.datasets.eval is not None:
             phases.start("evaluating")
             self.training.eval_loss = self._evaluate_and_report()
 
+    def _stopped(self) -> bool:
+        """A stop signal came: at once with one process, else once all processes agreed on it."""
+        return self.stopping if self.world_size > 1 else self.run_state.stop_requested()
+
     def _going(self) -> bool:
-        return self.training.step < self.schedule.total_steps and not self.run_state.stop_requested()
+        return self.training.step < self.schedule.total_steps and not self._stopped()
 
     def _epoch_batches(self) -> Iterator[Batch]:
         batches = epoch_batches(
@@ -115,6 +130,8 @@ class Trainer:
             self.seed,
             self.training.epoch,
             self.hardware.pad_multiple,
+            self.rank,
+            self.world_size,
         )
         # A resumed run skips what the epoch already trained on (0 otherwise).
         return itertools.islice(batches, self.training.epoch_micro_batches, None)
@@ -127,10 +144,10 @@ class Trainer:
             self._optimizer_step(group)
             step = self.training.step
             evaluate = self.datasets.eval is not None and self.schedule.is_eval_step(step)
-            if evaluate and not self.run_state.stop_requested():
+            if evaluate and not self._stopped():
                 self.training.eval_loss = self._evaluate_and_report()
             # A stopped run always leaves a checkpoint to resume from (a signal during the eval too).
-            if self.checkpoint_due or self.run_state.stop_requested():
+            if self.checkpoint_due or self._stopped():
                 self._save_checkpoint()
 
     # one optimizer step -------------------------------------------------------------
@@ -144,26 +161,46 @@ class Trainer:
             self.training.step, time.monotonic() - self.last_checkpoint
         )
         due = self.tracker.train_time() - self.window.started >= PROGRESS_MAX_INTERVAL_SECONDS
+        due, self.checkpoint_due = self._agree(due, self.checkpoint_due)
         # Also report every few seconds, so a watcher never sees a frozen bar on slow steps; and
         # before a checkpoint, which then holds every step's loss (a resume goes on from there).
-        if (
-            self.schedule.is_logging_step(self.training.step)
-            or due
-            or self.checkpoint_due
-            or self.run_state.stop_requested()
-        ):
+        if self.schedule.is_logging_step(self.training.step) or due or self.checkpoint_due or self._stopped():
             self._report_progress(learning_rate)
 
+    def _agree(self, due: bool, checkpoint_due: bool) -> tuple[bool, bool]:
+        """With several processes: report, or checkpoint, if any clock says so, and stop if any got a
+        signal, all alike (a checkpoint is a collective: one process alone would wait forever)."""
+        if self.world_size == 1:
+            return due, checkpoint_due
+        due_anywhere, checkpoint_anywhere, signal_anywhere = distributed.all_max(
+            [float(due), float(checkpoint_due), float(self.run_state.stop_signal or 0)], self.hardware.device
+        )
+        if signal_anywhere:
+            self.stopping = True
+            self.run_state.stop_signal = self.run_state.stop_signal or int(signal_anywhere)
+        return bool(due_anywhere), bool(checkpoint_anywhere)
+
     def _accumulate_gradients(self, group: list[Batch]) -> None:
-        """Backward over the micro-batches, each weighted by its share of the step's targets."""
+        """Backward over the micro-batches, each weighted by its share of the step's targets.
+
+        With several processes the share is of all processes' targets (DDP then averages the
+        gradients, hence the factor world_size), and gradients are exchanged on the last micro-batch only.
+        """
         n_targets = sum(b.n_targets for b in group)
+        weight = 1.0 / max(n_targets, 1)
+        if self.world_size > 1:
+            all_targets = int(distributed.all_sum([n_targets], self.hardware.device)[0])
+            weight = self.world_size / max(all_targets, 1)
         scaler = self.training.scaler
         step_loss = torch.zeros((), device=self.hardware.device)
-        for batch in group:
-            loss_sum = forward_loss(self.model, batch, self.hardware, self.seq2seq)
-            loss = loss_sum / max(n_targets, 1)
-            (scaler.scale(loss) if scaler else loss).backward()
-            step_loss += loss_sum.detach()
+        for k, batch in enumerate(group):
+            syncing = self.world_size == 1 or k == len(group) - 1
+            with contextlib.nullcontext() if syncing else self.model.no_sync():
+                loss_sum = forward_loss(self.model, batch, self.hardware, self.seq2seq)
+                loss = loss_sum * (0.0 if batch.filler else weight)
+                (scaler.scale(loss) if scaler else loss).backward()
+            if not batch.filler:
+                step_loss += loss_sum.detach()
             self.window.tokens += batch.tokens
         self.window.loss += step_loss
         self.window.targets += n_targets
@@ -195,6 +232,11 @@ class Trainer:
 
     def _report_progress(self, learning_rate: float) -> None:
         window, tracker, step = self.window, self.tracker, self.training.step
+        if self.world_size > 1:  # the figures of all processes: loss over all targets, tokens of all
+            loss, targets, tokens = distributed.all_sum(
+                [window.loss, window.targets, window.tokens], self.hardware.device
+            ).tolist()
+            window.loss, window.targets, window.tokens = torch.tensor(loss), int(targets), int(tokens)
         loss_value = float(window.loss) / window.targets if window.targets else None
         if loss_value is not None and not math.isfinite(loss_value):
             raise TrainingError(
@@ -228,7 +270,7 @@ class Trainer:
     def _evaluate_and_report(self) -> float | None:
         with self.tracker.excluding():
             loss = self._evaluate()
-        if self.run_state.stop_requested():
+        if self._stopped():
             return None
         step = self.training.step
         record = {"step": step, "epoch": self.schedule.epoch_at(step), "eval_loss": loss}
@@ -245,25 +287,42 @@ class Trainer:
 
     @phases.timed_evaluation
     def _evaluate(self) -> float | None:
-        """The mean loss per target over the validation data; None when a stop signal cut it short."""
-        self.model.eval()
+        """The mean loss per target over the validation data; None when a stop signal cut it short.
+
+        Each process evaluates its share; the sums are added up over the processes.
+        """
+        model = self.training.model  # no DDP wrapper: nothing to synchronise in a forward pass
+        model.eval()
         loss_sum = torch.zeros((), device=self.hardware.device)
         count = 0
         with torch.inference_mode():
             for batch in eval_batches(
-                self.datasets.eval, self.schedule.batch_size, self.hardware.pad_multiple
+                self.datasets.eval,
+                self.schedule.batch_size,
+                self.hardware.pad_multiple,
+                self.rank,
+                self.world_size,
             ):
-                if self.run_state.stop_requested():
-                    self.model.train()
+                if self._stopped():
+                    model.train()
                     return None
-                loss_sum += forward_loss(self.model, batch, self.hardware, self.seq2seq)
+                loss_sum += forward_loss(model, batch, self.hardware, self.seq2seq)
                 count += batch.n_targets
-        self.model.train()
+        model.train()
+        if self.world_size > 1:
+            loss_sum, count = distributed.all_sum([loss_sum, count], self.hardware.device).tolist()
         return finite(float(loss_sum) / count) if count else None
 
     def _save_checkpoint(self) -> None:
         with self.tracker.excluding():
-            path = save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir, self.run_fingerprint)
+            # Rank 0 writes it (every process holds the same weights and optimizer state); the
+            # others wait, so none runs ahead of a checkpoint that could be resumed from.
+            path = (
+                save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir, self.run_fingerprint)
+                if distributed.is_main()
+                else None
+            )
+            distributed.barrier()
         self.last_checkpoint = time.monotonic()
         self.checkpointed_step = self.training.step
         emit("checkpoint", step=self.training.step, path=path)

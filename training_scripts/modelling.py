@@ -1,4 +1,5 @@
-"""Load the model: a scratch GPT-2 or a pretrained one, LoRA on top, placed on the device."""
+"""Load the model: a scratch GPT-2 or a pretrained one (4-bit for QLoRA), LoRA on top, placed on the
+device, and wrapped for several processes (DDP) when torchrun started more than one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
+import distributed
 import hyperparameters as hp
 import torch
 from data import Corpus, Sample, sample_strings
@@ -100,6 +102,27 @@ def build_scratch(name: str, samples: list[Sample], max_len: int):
     return GPT2LMHeadModel(config), tokenizer
 
 
+def quantization_config(device: torch.device):
+    """QLoRA's base: 4-bit NF4 weights with double quantisation, computing in bf16 (bitsandbytes)."""
+    try:
+        import bitsandbytes  # noqa: F401 - transformers needs it to load in 4-bit
+    except ImportError:
+        raise TrainingError(
+            "method qlora needs the bitsandbytes package, which this environment lacks: use lora"
+        ) from None
+    if device.type not in ("cuda", "cpu"):
+        raise TrainingError(f"method qlora runs on CUDA GPUs (and CPUs), not on {device.type}: use lora")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+        bnb_4bit_quant_storage=torch.bfloat16,
+    )
+
+
 def load_pretrained(name: str, method: str, device: torch.device, precision: str):
     token = hf_token()
     source, local_only = resolve_base_model(name, token)
@@ -114,14 +137,22 @@ def load_pretrained(name: str, method: str, device: torch.device, precision: str
     except OSError as exc:
         raise unavailable(name, local_only, exc) from None
     seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+    if method == "qlora" and seq2seq:
+        raise TrainingError(
+            f"method qlora is for causal language models; {name} ({config.model_type}) is seq2seq: use lora"
+        )
     dtype = torch.float32
     if method == "lora" and precision in ("bf16", "fp16"):
         dtype = torch.bfloat16 if precision == "bf16" else torch.float16  # frozen base in half precision
+    extra = {}
+    if method == "qlora":
+        dtype = torch.bfloat16  # what is not quantised (norms, embeddings) stays in the compute dtype
+        extra["quantization_config"] = quantization_config(device)
     cls = AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         placement = {"device_map": {"": device.index or 0}} if device.type == "cuda" else {}
-        model = cls.from_pretrained(source, config=config, dtype=dtype, **placement, **common)
+        model = cls.from_pretrained(source, config=config, dtype=dtype, **placement, **extra, **common)
     except ValueError as exc:
         raise TrainingError(
             f"Model '{name}' ({config.model_type}) is neither a causal nor a seq2seq language model: {exc}"
@@ -237,14 +268,58 @@ def fit_max_seq_length(hparams: dict, model, seq2seq: bool) -> int:
 
 def prepare_for_training(model, hparams: dict, seq2seq: bool, hardware: Hardware):
     """Gradient checkpointing and LoRA as asked, on the device; (model, LoRA target modules)."""
-    if hparams["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointing = {"use_reentrant": False}
+    if hparams["method"] == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        # Norms in fp32, inputs that require grad (for checkpointing through frozen 4-bit layers).
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=hparams["gradient_checkpointing"],
+            gradient_checkpointing_kwargs=checkpointing,
+        )
+    elif hparams["gradient_checkpointing"]:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing)
     lora_targets = None
-    if hparams["method"] == "lora" and hasattr(model, "peft_config"):  # an adapter continued (C3)
+    if hparams["method"] in hp.ADAPTER_METHODS and hasattr(model, "peft_config"):  # an adapter continued (C3)
         lora_targets = sorted(model.peft_config["default"].target_modules)
-    elif hparams["method"] == "lora":
+    elif hparams["method"] in hp.ADAPTER_METHODS:
         model, lora_targets = apply_lora(model, hparams, seq2seq)
-    model.to(hardware.device)
+    if hparams["method"] != "qlora":  # a 4-bit model is placed where it was loaded (device_map)
+        model.to(hardware.device)
     with contextlib.suppress(Exception):
         model.config.use_cache = False
     return model, lora_targets
+
+
+def wrap_for_processes(model, hardware: Hardware):
+    """The model the training passes go through: DDP over the processes torchrun started, else itself.
+
+    Each process holds the whole model and its optimizer state (DDP keeps them identical by
+    averaging the gradients of the trainable parameters only: a LoRA run exchanges just the adapter's).
+    """
+    if not distributed.is_distributed():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = [hardware.device.index] if hardware.on_gpu else None
+    return DistributedDataParallel(model, device_ids=device_ids)
+
+
+def merged_adapter_model(model, hparams: dict):
+    """A QLoRA run's adapter on its base loaded again in bf16 (a 4-bit base would merge lossily).
+
+    Returns the PEFT model, ready for ``merge_and_unload``.
+    """
+    from peft import get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
+
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    adapter_state = get_peft_model_state_dict(model)
+    lora_config = model.peft_config["default"]
+    base, _, _ = load_pretrained(hparams["base_model"], "lora", device, "bf16")
+    with contextlib.suppress(Exception):
+        base.config.use_cache = False
+    merged = get_peft_model(base.to(device), lora_config)
+    set_peft_model_state_dict(merged, adapter_state)
+    log("method qlora: the adapter was merged into the base model loaded in bf16")
+    return merged

@@ -1,7 +1,8 @@
 """Everything the run says: protocol events on stdout, log lines on stderr, the user's error.
 
 Standard library only. Every event of a run goes through ``emit``, so this is the one
-place that decides which process speaks (rank 0 only, once training is distributed).
+place that decides which process speaks: rank 0 only when training is distributed, except an
+``error``, which any process reports (naming itself), so the failure that stopped the run is seen.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import math
 import sys
 from typing import Any
 
+import distributed
 import progress
 
 
@@ -21,7 +23,14 @@ class TrainingError(Exception):
         self.user_message = message
 
 
-def emit(event: str, **fields: Any) -> str:
+def emit(event: str, **fields: Any) -> str | None:
+    if not distributed.is_main():
+        if event != "error":
+            return None
+        fields["message"] = (
+            f"process {distributed.rank()} of {distributed.world_size()}: {fields.get('message')}"
+        )
+        fields["rank"] = distributed.rank()
     return progress.emit(event, **fields)
 
 

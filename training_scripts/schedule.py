@@ -35,10 +35,14 @@ class Schedule:
         return self.is_save_step(step) or (on_time and step < self.total_steps)
 
 
-def plan_schedule(hparams: dict, train_examples: int) -> Schedule:
-    """max_steps when set, else epochs over the data; logging and eval steps default from the total."""
+def plan_schedule(hparams: dict, train_examples: int, world_size: int = 1) -> Schedule:
+    """max_steps when set, else epochs over the data; logging and eval steps default from the total.
+
+    With ``world_size`` processes an optimizer step takes batch_size x accumulation x world_size
+    examples (each process its share of the epoch, see batching.epoch_batches).
+    """
     batch_size, accumulation = hparams["batch_size"], hparams["gradient_accumulation_steps"]
-    micro_per_epoch = math.ceil(train_examples / batch_size)
+    micro_per_epoch = math.ceil(math.ceil(train_examples / batch_size) / world_size)
     steps_per_epoch = math.ceil(micro_per_epoch / accumulation)
     total_steps = hparams["max_steps"] or max(1, math.ceil(hparams["epochs"] * steps_per_epoch))
     return Schedule(
