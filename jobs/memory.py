@@ -218,14 +218,16 @@ def peak_memory(setup: Setup, capacity_gib: float = 0.0) -> MemoryEstimate:
     return MemoryEstimate(setup=setup, terms=terms, capacity_bytes=int(capacity_gib * GIB))
 
 
-def check_setup(setup: Setup, capacity_gib: float) -> MemoryEstimate:
-    """peak_memory, where a full fine-tune over several devices shards (FSDP) when DDP does not fit.
+# finetune.py trains under DDP only: every device holds the whole training state. FSDP (sharding a
+# full fine-tune that does not fit one device) is not built yet; when it is, set this to True.
+ENGINE_SHARDS = False
 
-    That is the engine's rule (issue 14): DDP while each device holds the whole training state,
-    FSDP for a full fine-tune whose model and optimizer states do not fit one device.
-    """
+
+def check_setup(setup: Setup, capacity_gib: float) -> MemoryEstimate:
+    """peak_memory as the engine will train: DDP, and (once ENGINE_SHARDS) FSDP for a full fine-tune
+    over several devices that does not fit one device under DDP."""
     plain = peak_memory(replace(setup, fsdp=False), capacity_gib)
-    if plain.fits or setup.method != "full" or setup.world_size <= 1:
+    if plain.fits or setup.method != "full" or setup.world_size <= 1 or not ENGINE_SHARDS:
         return plain
     return peak_memory(replace(setup, fsdp=True), capacity_gib)
 

@@ -13,7 +13,6 @@ from jobs.forms import NewJobForm
 from jobs.memory import GIB, Setup, check_setup, peak_memory, shape_of
 from jobs.models import BaseModel, InstanceType
 from jobs.tests.conftest import make_job, make_ready_dataset, scratch_base_model
-from jobs.tests.contract_params import with_contract_params  # noqa: F401 (fixture)
 
 LLAMA_7B = "meta-llama/Llama-2-7b-hf"
 LLAMA_1B = "meta-llama/Llama-3.2-1B"
@@ -78,11 +77,15 @@ def test_several_devices_add_ddp_buckets_or_shard_with_fsdp():
     assert fsdp.setup.effective_batch == 8 * 8
 
 
-def test_a_full_fine_tune_over_several_gpus_shards_only_when_ddp_does_not_fit():
+def test_a_full_fine_tune_over_several_gpus_shards_only_when_ddp_does_not_fit(monkeypatch):
     small = check_setup(setup("gpt2", 124_000_000, method="full", world_size=4), 24)
     assert small.fits and not small.setup.fsdp and small.strategy == "DDP over 4 devices"
-    big = check_setup(setup(method="full", world_size=8, gradient_checkpointing=True), 40)
-    assert big.setup.fsdp and big.fits and big.strategy == "FSDP over 8 devices"
+    big = setup(method="full", world_size=8, gradient_checkpointing=True)
+    # The engine has no FSDP yet: more devices do not make a full fine-tune fit, and none is assumed.
+    assert not check_setup(big, 40).fits and not check_setup(big, 40).setup.fsdp
+    monkeypatch.setattr(memory, "ENGINE_SHARDS", True)
+    sharded = check_setup(big, 40)
+    assert sharded.setup.fsdp and sharded.fits and sharded.strategy == "FSDP over 8 devices"
     lora = check_setup(setup(method="lora", world_size=4, batch_size=64), 24)
     assert not lora.fits and not lora.setup.fsdp  # LoRA trains under DDP: more GPUs do not help
 
@@ -163,9 +166,7 @@ def test_the_catalogue_holds_the_memory_of_every_gpu_type():
 
 
 @pytest.mark.django_db
-def test_a_7b_full_fine_tune_on_one_a10g_is_refused_naming_what_fits(
-    owner, dataset, cloud, with_contract_params
-):
+def test_a_7b_full_fine_tune_on_one_a10g_is_refused_naming_what_fits(owner, dataset, cloud):
     llama = BaseModel.objects.get(hub_id=LLAMA_7B)
     form = NewJobForm(owner, form_data(dataset, llama, **sagemaker()))
 
@@ -271,7 +272,7 @@ def test_a_clone_of_a_job_that_cannot_fit_shows_the_refusal(client, owner, datas
 
 
 @pytest.mark.django_db
-def test_qlora_is_offered_for_a_causal_model_on_a_gpu_instance(owner, dataset, cloud, with_contract_params):
+def test_qlora_is_offered_for_a_causal_model_on_a_gpu_instance(owner, dataset, cloud):
     gpt2 = BaseModel.objects.get(hub_id="gpt2")
     form = NewJobForm(owner, form_data(dataset, gpt2, method="qlora", **sagemaker()))
 
@@ -290,9 +291,7 @@ def test_qlora_is_offered_for_a_causal_model_on_a_gpu_instance(owner, dataset, c
         ("scratch:tiny-gpt2", "ml.g5.xlarge", "a scratch model's are random: there is nothing to quantise"),
     ],
 )
-def test_qlora_is_refused_where_it_cannot_run_with_the_reason(
-    owner, dataset, cloud, with_contract_params, hub_id, where, reason
-):
+def test_qlora_is_refused_where_it_cannot_run_with_the_reason(owner, dataset, cloud, hub_id, where, reason):
     model = scratch_base_model() if hub_id.startswith("scratch:") else BaseModel.objects.get(hub_id=hub_id)
     placement = {} if where == "local" else sagemaker(where)
     form = NewJobForm(owner, form_data(dataset, model, method="qlora", max_seq_length="64", **placement))
@@ -302,7 +301,7 @@ def test_qlora_is_refused_where_it_cannot_run_with_the_reason(
 
 
 @pytest.mark.django_db
-def test_qlora_runs_locally_when_the_worker_has_a_gpu(owner, dataset, settings, with_contract_params):
+def test_qlora_runs_locally_when_the_worker_has_a_gpu(owner, dataset, settings):
     settings.LOCAL_GPU_MEMORY_GIB = 24
     gpt2 = BaseModel.objects.get(hub_id="gpt2")
     form = NewJobForm(owner, form_data(dataset, gpt2, method="qlora"))

@@ -19,7 +19,6 @@ from jobs.backends import sagemaker as sm
 from jobs.forms import NewJobForm
 from jobs.models import InstanceType, JobStatus, TrainingJob
 from jobs.tests.conftest import make_job, make_ready_dataset, scratch_base_model
-from jobs.tests.contract_params import with_contract_params  # noqa: F401 (fixture)
 from jobs.tests.test_sagemaker_submit import bucket_keys, moto, requests_sent  # noqa: F401 (fixtures)
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     BUCKET,
@@ -110,7 +109,7 @@ def test_processes_per_host_follow_the_gpus_and_the_instance_count():
 
 
 def test_a_sagemaker_job_checkpoints_every_15_minutes_unless_it_says_otherwise(
-    owner, sagemaker_settings, with_contract_params, moto, requests_sent
+    owner, sagemaker_settings, moto, requests_sent
 ):
     dataset = make_ready_dataset(owner)
     data = form_data(dataset, backend="sagemaker", instance_type=instance().pk, use_spot="on")
