@@ -40,6 +40,7 @@ from jobs.estimate import (
     format_duration,
 )
 from jobs.models import Backend, JobStatus, RunRecord, TrainingJob
+from training_scripts.hyperparameters import DEFAULTS
 
 PHASE_LABELS = {
     "starting": "Starting",
@@ -180,7 +181,8 @@ def planned_tokens_per_step(job: TrainingJob) -> float | None:
 def _precision(hp: dict) -> str:
     """The precision asked for (`auto`, `fp32`, `bf16`; empty before there was a choice): what the
     form knows of a new job, and on one backend and instance type `auto` always comes out the same."""
-    return str(hp.get("precision") or "")[:20]
+    # A job saved before it said, or one that leaves it out, trains at the default (`auto`).
+    return str(hp.get("precision") or DEFAULTS.get("precision") or "")[:20]
 
 
 def measured_phases(job: TrainingJob) -> dict[str, float]:
@@ -229,7 +231,7 @@ def estimate_for(
         hub_id=base_model.hub_id,
         parameters=int(base_model.parameters),
         method=str(hyperparameters.get("method") or "full"),
-        precision=str(hyperparameters.get("precision") or ""),
+        precision=_precision(hyperparameters),
         max_seq_length=first.max_seq_length,
         world_size=first.world_size,
         gradient_checkpointing=bool(hyperparameters.get("gradient_checkpointing")),

@@ -347,7 +347,7 @@ def test_qlora_on_a_scratch_model_is_refused_before_training(tmp_path):
     run = run_finetune(["--train_dir", train, "--method", "qlora", *paths(tmp_path, "q")])
     assert run.returncode == 2
     assert "method" in run.events[-1]["errors"]
-    assert "pretrained base model" in run.events[-1]["message"]
+    assert "nothing to quantise" in run.events[-1]["message"]
 
 
 # ----------------------------------------------------------------------------- data sharding
