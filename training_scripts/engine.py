@@ -18,17 +18,19 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
+import hyperparameters as hp  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from batching import Datasets, build_datasets  # noqa: E402
 from data import Corpus, load_corpus  # noqa: E402
+from evaluation import base_before_training, data_format, evaluate, summary  # noqa: E402
 from hardware import Hardware, pick_hardware  # noqa: E402
 from loop import Trainer  # noqa: E402
 from modelling import LoadedModel, load_model  # noqa: E402
 from outputs import generate_samples, save_model, write_hyperparameters, write_json  # noqa: E402
 from reporting import TrainingError, emit, finite, perplexity  # noqa: E402
 from schedule import Schedule, plan_schedule, used_hyperparameters  # noqa: E402
-from tokenization import Encoder  # noqa: E402
+from tokenization import Encoder, keep_training_format  # noqa: E402
 from training_state import TrainingState, start_training  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
@@ -63,6 +65,9 @@ def _run(hparams: dict, paths: dict, state) -> int:
     write_hyperparameters(model_dir, output_dir, used_hyperparameters(hparams, schedule, loaded.max_len))
     training = start_training(loaded.model, hparams, schedule, hardware)
     report_start(hparams, corpus, loaded, datasets, schedule, hardware)
+    base = base_before_training(
+        training.model, encoder, corpus, datasets, hparams, hardware, state.stop_requested
+    )
 
     state.phase = "train"
     trainer = Trainer(
@@ -78,11 +83,28 @@ def _run(hparams: dict, paths: dict, state) -> int:
     )
     trainer.train()
 
+    evaluated = None
+    if not state.stop_requested():  # before the save: a merge leaves no adapters to disable
+        evaluated = evaluate(
+            training.model,
+            base,
+            encoder,
+            corpus,
+            datasets,
+            hparams,
+            hardware,
+            training.eval_loss,
+            state.stop_requested,
+        )
     state.phase = "save"
+    keep_training_format(encoder, evaluated["data_format"] if evaluated else data_format(corpus))
     state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
     stopped = state.stop_requested()  # also true for a signal that came during the save
     metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware)
+    metrics["evaluation"] = summary(evaluated)
     write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    if evaluated and not stopped:
+        write_json(os.path.join(model_dir, "evaluation.json"), evaluated)
     if stopped:
         report_stopped(state, training.step, schedule.total_steps, model_dir)
         return 128 + int(state.stop_signal)
@@ -91,6 +113,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     samples_path = os.path.join(output_dir, "samples.json")
     generations = generate_samples(training.model, encoder, corpus.eval + corpus.train, hparams, hardware)
     write_json(samples_path, generations)
+    write_json(os.path.join(model_dir, "samples.json"), generations)  # so it reaches the download (C6)
     report_done(metrics, model_dir, output_dir, samples_path)
     return 0
 
@@ -101,7 +124,8 @@ def save_trained_model(training: TrainingState, tokenizer, hparams: dict, model_
     if training.step == 0:
         return False
     merge = hparams["method"] == "lora" and hparams["merge_adapter"]
-    training.model = save_model(training.model, tokenizer, merge, model_dir)
+    keep_adapter = merge and not hp.is_scratch_model(hparams["base_model"])  # scratch: no base to load
+    training.model = save_model(training.model, tokenizer, merge, model_dir, keep_adapter)
     return True
 
 
@@ -141,6 +165,7 @@ def final_metrics(
         "seq2seq": loaded.seq2seq,
         "lora_target_modules": loaded.lora_targets,
         "adapter_merged": bool(hparams["method"] == "lora" and hparams["merge_adapter"]),
+        "adapter_saved": hparams["method"] == "lora" and not hp.is_scratch_model(hparams["base_model"]),
         "log_history": tracker.log_history,
     }
 
@@ -201,6 +226,9 @@ def report_done(metrics: dict, model_dir: str, output_dir: str, samples_path: st
         output_dir=output_dir,
         final_loss=metrics["final_loss"],
         samples_path=samples_path,
+        adapter_merged=metrics["adapter_merged"],
+        adapter_saved=metrics["adapter_saved"],
+        evaluation=metrics["evaluation"],
     )
 
 
