@@ -19,6 +19,7 @@ urlpatterns = [
     path("<id:pk>/clone/", views.clone, name="clone"),
     path("<id:pk>/delete/", views.delete, name="delete"),
     path("<id:pk>/download/", views.download, name="download"),
+    path("<id:pk>/evaluation/", views.evaluation, name="evaluation"),
     path("<id:pk>/playground/", playground_views.playground_page, name="playground"),
     path("<id:pk>/playground/<id:run_pk>/", playground_views.playground_run, name="playground_run"),
 ]

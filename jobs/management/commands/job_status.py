@@ -13,7 +13,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jobs import batch, reports
+from jobs import artifacts, batch, reports
 from jobs.forms import ACTIVE_FILTER, JobFilterForm
 from jobs.models import JobStatus, TrainingJob
 
@@ -42,7 +42,10 @@ class Command(BaseCommand):
                 raise CommandError(str(error)) from None
         jobs = JobFilterForm({"status": options["status"] or ""}).filter(jobs)
         total = jobs.count()
-        summaries = [reports.job_summary(job) for job in jobs[: options["limit"]]]
+        summaries = [
+            {**reports.job_summary(job), "evaluation": artifacts.evaluation_summary(job)}
+            for job in jobs[: options["limit"]]
+        ]
         if options["json"]:
             self.stdout.write(json.dumps(summaries, ensure_ascii=False, indent=2))
             return
