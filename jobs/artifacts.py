@@ -135,9 +135,8 @@ def zip_stream(job: TrainingJob, folder: str, variant: str | None = None) -> Ite
     variant = variant or variants[0]
     if variant not in variants:
         offered = " or ".join(VARIANTS[v] for v in variants)
-        raise ModelArtifactsError(
-            f"This job has no {VARIANTS.get(variant, 'such')} download: it offers {offered}."
-        )
+        wanted = VARIANTS.get(variant, repr(variant)[:40])
+        raise ModelArtifactsError(f"This job's download is {offered}, not {wanted}.")
     files = _variant_files(
         model_files(job), variant, adapter_apart=bool((job.metrics or {}).get("adapter_merged"))
     )
