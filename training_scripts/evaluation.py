@@ -140,14 +140,53 @@ def summary(evaluation: dict | None) -> dict | None:
 # --- answering ------------------------------------------------------------------------------
 
 
+EVAL_BATCH = 8  # prompts answered together: generate's per-step overhead shared, memory kept small
+
+
 def answer(model, encoder: Encoder, prompts: list[Sample], hparams: dict, hardware: Hardware, stop):
     """Greedy answers, one per prompt (None where generation failed, or for a stop signal)."""
     model.eval()
     max_new = hparams["sample_max_new_tokens"]
     answers: list[str | None] = []
-    for sample in prompts:
-        answers.append(None if stop() else answer_one(model, encoder, sample, max_new, hardware))
+    for start in range(0, len(prompts), EVAL_BATCH):
+        chunk = prompts[start : start + EVAL_BATCH]
+        answers += [None] * len(chunk) if stop() else answer_batch(model, encoder, chunk, max_new, hardware)
     return answers
+
+
+def answer_batch(model, encoder: Encoder, chunk: list[Sample], max_new: int, hardware: Hardware) -> list:
+    """Greedy answers to a few prompts in one generate call: padded on the left for a causal
+    model (generate derives the positions from the mask, so each answer is the one it gives
+    alone), on the right for an encoder. A batch that fails is answered one by one."""
+    tok = encoder.tok
+    windows = [prompt_window(encoder, s, encoder.generation_prompt(s)[0], max_new) for s in chunk]
+    if len(chunk) == 1 or any(not ids for ids, _ in windows):
+        return [answer_one(model, encoder, s, max_new, hardware) for s in chunk]
+    longest = max(len(ids) for ids, _ in windows)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+    rows, masks = [], []
+    for ids, _ in windows:
+        gap = [pad] * (longest - len(ids))
+        rows.append(ids + gap if encoder.seq2seq else gap + ids)
+        ones, zeros = [1] * len(ids), [0] * len(gap)
+        masks.append(ones + zeros if encoder.seq2seq else zeros + ones)
+    input_ids = torch.tensor(rows, dtype=torch.long, device=hardware.device)
+    try:
+        with torch.inference_mode(), hardware.autocast():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=torch.tensor(masks, dtype=torch.long, device=hardware.device),
+                max_new_tokens=max(new for _, new in windows),
+                do_sample=False,
+                use_cache=True,  # training turned the cache off; greedy decoding wants it
+                pad_token_id=pad,
+                eos_token_id=tok.eos_token_id,
+            )
+    except Exception as exc:
+        log(f"evaluation: batched generation failed ({type(exc).__name__}: {exc}); answering one by one")
+        return [answer_one(model, encoder, s, max_new, hardware) for s in chunk]
+    generated = out if encoder.seq2seq else out[:, longest:]
+    return [tok.decode(row, skip_special_tokens=True) for row in generated]
 
 
 def answer_one(model, encoder: Encoder, sample: Sample, max_new: int, hardware: Hardware) -> str | None:

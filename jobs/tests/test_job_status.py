@@ -78,6 +78,7 @@ def test_json_lists_the_same_jobs(jobs):
         "max_cost_usd": None,
         "created_at": None,
         "finished_at": None,
+        "evaluation": None,  # a job whose run reported no evaluation (yet)
     }
 
 

@@ -133,3 +133,26 @@ def test_scores():
     assert token_f1("", "") == 1.0 and token_f1("x", "") == 0.0
     assert rouge_l("the cat sat", "the cat sat") == 1.0
     assert scores(None, "blue") == {"exact_match": 0.0, "token_f1": 0.0, "rougeL": 0.0}
+
+
+def test_answers_in_a_batch_are_the_answers_given_alone():
+    """Prompts of different lengths, padded together, answer as each does alone."""
+    import transformers
+    from data import Sample
+    from evaluation import answer_batch, answer_one
+    from hardware import pick_hardware
+    from modelling import build_scratch
+    from tokenization import Encoder
+
+    transformers.set_seed(0)
+    rows = [
+        Sample("prompt_completion", prompt=r["prompt"] * (1 + i % 3), completion=r["completion"])
+        for i, r in enumerate(LEARNABLE[:6])
+    ]
+    model, tokenizer = build_scratch("scratch:tiny-gpt2", rows, 64)
+    model.eval()
+    encoder, hardware = Encoder(tokenizer, False, 64), pick_hardware()
+    together = answer_batch(model, encoder, rows, 10, hardware)
+    alone = [answer_one(model, encoder, s, 10, hardware) for s in rows]
+    assert together == alone
+    assert len({len(encoder.prompt_ids(s.prompt)) for s in rows}) > 1  # padding was needed
