@@ -11,8 +11,11 @@ anywhere (a folder on disk, or a zip on its way to the browser).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
+import io
+import json
 import shutil
 import tarfile
 import zipfile
@@ -23,7 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from jobs.models import Backend, JobStatus, TrainingJob
+from django.core.cache import cache
+
+from jobs import model_card
+from jobs.models import Backend, JobStatus, Method, TrainingJob
 from llmtuner import storage
 
 COPY_CHUNK = 1024 * 1024
@@ -98,7 +104,7 @@ def model_files(job: TrainingJob) -> Iterator[ModelFile]:
     location = locate(job)
     if job.backend == Backend.SAGEMAKER:
         return _archive_files(location)
-    return iter(_stored_files(location))
+    return (file for file in _stored_files(location))  # a generator: closable, like the archive's
 
 
 def fetch(job: TrainingJob, destination: Path) -> Path:
@@ -129,13 +135,140 @@ def model_root(folder: Path) -> Path:
     raise ModelArtifactsError("The tuned model's files have no config.json: the saved model is incomplete.")
 
 
-def zip_stream(job: TrainingJob, folder: str) -> Iterator[bytes]:
+def zip_stream(job: TrainingJob, folder: str, variant: str | None = None) -> Iterator[bytes]:
     """The job's model folder as a zip of `folder/<file>`, made chunk by chunk as it is sent.
 
+    `variant` (default: the job's first) is one of `export_variants(job)`: `model` (the full or
+    merged model) or `adapter` (a LoRA adapter alone). The zip ends with the model card,
+    README.md, written from the job and the evaluation.json / samples.json it passed on the way.
     Whether the model is there is checked now (ModelArtifactsError), before a byte is sent;
     the files are read only as the zip is consumed.
     """
-    return _zip(model_files(job), folder)
+    variants = export_variants(job)
+    variant = variant or variants[0]
+    if variant not in variants:
+        offered = " or ".join(VARIANTS[v] for v in variants)
+        wanted = VARIANTS.get(variant, repr(variant)[:40])
+        raise ModelArtifactsError(f"This job's download is {offered}, not {wanted}.")
+    files = _variant_files(
+        model_files(job), variant, adapter_apart=bool((job.metrics or {}).get("adapter_merged"))
+    )
+    return _zip(_with_model_card(job, files, folder, variant), folder)
+
+
+# --- Which download: the model, or a LoRA adapter alone ------------------------------------------
+
+VARIANTS = {"model": "the model", "adapter": "the LoRA adapter alone"}
+ADAPTER_FOLDER = "adapter/"  # training_scripts/outputs.py: the adapter, saved beside a merged model
+# Files of the run, not of the weights: in either download.
+RUN_FILES = ("evaluation.json", "samples.json", "metrics.json", "hyperparameters.json")
+CARD_INPUTS = ("evaluation.json", "samples.json")
+MAX_CARD_INPUT = 16 * 1024 * 1024
+
+
+def export_variants(job: TrainingJob) -> list[str]:
+    """The downloads a job's model offers, the usual one first.
+
+    Full fine-tuning: the model. LoRA with the adapter merged (the default): the merged model,
+    and the adapter alone when the script kept it in adapter/ (not for `scratch:` bases, whose
+    random initialisation cannot be loaded again). LoRA saved unmerged: the adapter only.
+    """
+    if job.method != Method.LORA:
+        return ["model"]
+    metrics = job.metrics or {}
+    if not metrics.get("adapter_merged", job.hyperparameters.get("merge_adapter", True)):
+        return ["adapter"]
+    return ["model", "adapter"] if metrics.get("adapter_saved") else ["model"]
+
+
+def _variant_files(files: Iterator[ModelFile], variant: str, adapter_apart: bool) -> Iterator[ModelFile]:
+    for file in files:
+        if file.name == "README.md" or file.name == ADAPTER_FOLDER + "README.md":
+            continue  # the model card replaces what peft / the script wrote
+        in_adapter = file.name.startswith(ADAPTER_FOLDER)
+        if variant == "model" or not adapter_apart:
+            if not in_adapter:
+                yield file
+        elif in_adapter:
+            yield dataclasses.replace(file, name=file.name.removeprefix(ADAPTER_FOLDER))
+        elif file.name in RUN_FILES:
+            yield file
+
+
+def _with_model_card(job: TrainingJob, files: Iterator[ModelFile], folder: str, variant: str):
+    """The files, then README.md; the card's inputs are kept as the zip reads them (one pass)."""
+    kept: dict[str, bytes] = {}
+    for file in files:
+        if file.name in CARD_INPUTS and file.size <= MAX_CARD_INPUT:
+            file = dataclasses.replace(file, open=functools.partial(_kept_while_read, file, kept))
+        yield file
+    card = model_card.render(
+        job, folder, variant, _json(kept.get("evaluation.json"), dict), _json(kept.get("samples.json"), list)
+    ).encode()
+    yield ModelFile(name="README.md", size=len(card), open=lambda: contextlib.nullcontext(io.BytesIO(card)))
+
+
+@contextlib.contextmanager
+def _kept_while_read(file: ModelFile, kept: dict[str, bytes]) -> Iterator[BinaryIO]:
+    with file.open() as source:
+        copy = io.BytesIO()
+
+        class Tee:
+            def read(self, size: int = -1) -> bytes:
+                data = source.read(size)
+                copy.write(data)
+                return data
+
+        yield Tee()  # type: ignore[misc]
+    kept[file.name] = copy.getvalue()
+
+
+def _json(data: bytes | None, kind: type):
+    try:
+        value = json.loads(data) if data else None
+    except ValueError:
+        return None
+    return value if isinstance(value, kind) else None
+
+
+# --- The evaluation, read back from the model folder (both backends) ----------------------------
+
+EVALUATION_CACHE_SECONDS = 7 * 24 * 3600
+
+
+def evaluation(job: TrainingJob) -> dict | None:
+    """The job's evaluation.json (C6), or None when its run wrote none. Read from the stored model
+    once (a SageMaker archive is read as far as that file), then kept in the cache."""
+    key = f"jobs:evaluation:{job.pk}:{model_identity(job)}"
+    found = cache.get(key)
+    if found is None:
+        found = {"evaluation": _read_evaluation(job)}
+        cache.set(key, found, EVALUATION_CACHE_SECONDS)
+    return found["evaluation"]
+
+
+def _read_evaluation(job: TrainingJob) -> dict | None:
+    location = locate(job)
+    with _read_errors(location), contextlib.closing(iter(model_files(job))) as files:
+        for file in files:
+            if file.name == "evaluation.json":
+                if file.size > MAX_CARD_INPUT:
+                    raise ModelArtifactsError("The model's evaluation.json is too large to show.")
+                with file.open() as source:
+                    return _json(source.read(), dict)
+    return None
+
+
+def evaluation_summary(job: TrainingJob) -> dict | None:
+    """`{"tuned": {...}, "base": {...}, "samples": N}` from the done event (job_status --json)."""
+    found = (job.metrics or {}).get("evaluation")
+    if not isinstance(found, dict):
+        return None
+    return {
+        "tuned": found.get("tuned") or {},
+        "base": found.get("base") or {},
+        "samples": found.get("samples", 0),
+    }
 
 
 # --- Reading the two kinds of stored model -----------------------------------------------

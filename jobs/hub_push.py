@@ -9,9 +9,11 @@ scrubbed from every message kept.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from datetime import timedelta
+from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -20,7 +22,7 @@ from django.utils import timezone
 
 from accounts import secrets
 from accounts.models import HubToken
-from jobs import artifacts
+from jobs import artifacts, model_card
 from jobs.models import HubPush, HubPushStatus, JobStatus, TrainingJob
 from llmtuner import broker, scratch
 
@@ -141,12 +143,29 @@ def _push(push: HubPush, token: str) -> tuple[str, str, str]:
     repo_url = api.create_repo(repo_id, private=push.private, exist_ok=True)
     with scratch.task_folder("hub-push-") as folder:
         root = artifacts.fetch(push.job, folder / "model")
+        write_model_card(push.job, root, repo_id)
         commit = api.upload_folder(
             folder_path=str(root),
             repo_id=repo_id,
             commit_message=f"{push.job.name}: fine-tuned with LLM Tuner (job {push.job.pk})",
         )
     return repo_id, str(repo_url), str(commit.commit_url or "")
+
+
+def write_model_card(job: TrainingJob, root: Path, repo_id: str) -> None:
+    """The download's README.md (jobs/model_card.py) goes to the Hub too, so the repository says how to
+    prompt the model; its loading code names the repository."""
+    evaluation, samples = _stored_json(root / "evaluation.json"), _stored_json(root / "samples.json")
+    (root / "README.md").write_text(
+        model_card.render(job, repo_id, "model", evaluation, samples), encoding="utf-8"
+    )
+
+
+def _stored_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    except (OSError, ValueError):
+        return None
 
 
 def describe_error(error: Exception) -> str:

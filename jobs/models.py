@@ -230,6 +230,13 @@ class TrainingJob(models.Model):
         return reverse("jobs:detail", args=[self.pk])
 
     @property
+    def export_variants(self) -> list[str]:
+        """The downloads its model offers: model, adapter, or both (jobs.artifacts decides)."""
+        from jobs.artifacts import export_variants
+
+        return export_variants(self)
+
+    @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATES
 

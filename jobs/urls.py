@@ -26,6 +26,7 @@ urlpatterns = [
     path("<id:pk>/download/", views.download, name="download"),
     path("<id:pk>/hub/", hub_views.hub_section, name="hub"),
     path("<id:pk>/hub/push/", hub_views.push, name="hub_push"),
+    path("<id:pk>/evaluation/", views.evaluation, name="evaluation"),
     path("<id:pk>/playground/", playground_views.playground_page, name="playground"),
     path("<id:pk>/playground/<id:run_pk>/", playground_views.playground_run, name="playground_run"),
     path("<id:pk>/playground/<id:run_pk>/vote/", playground_views.vote, name="playground_vote"),

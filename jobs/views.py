@@ -41,6 +41,7 @@ from jobs import (
     history,
     instance_costs,
     lifecycle,
+    model_card,
     polling,
     presets,
     pricing,
@@ -656,13 +657,40 @@ def download(request: HttpRequest, pk: int) -> StreamingHttpResponse:
     """The tuned model's Hugging Face folder as a zip, streamed from storage as it is read."""
     job = _get_job_for_user(request, pk)
     folder = slugify(job.name) or f"job-{job.pk}"
+    variant = request.GET.get("variant") or None
+    if variant == "adapter":
+        folder += "-adapter"
     try:
-        content = artifacts.zip_stream(job, folder)
-    except artifacts.ModelArtifactsError:
-        raise Http404("This job has no tuned model to download.") from None
+        content = artifacts.zip_stream(job, folder, variant)
+    except artifacts.ModelArtifactsError as error:
+        raise Http404(str(error)) from None
     response = StreamingHttpResponse(content, content_type="application/zip")
     response["Content-Disposition"] = f'attachment; filename="{folder}.zip"'
     return response
+
+
+EVALUATION_PAGE_SIZE = 10
+
+
+@login_required
+@require_safe
+def evaluation(request: HttpRequest, pk: int) -> HttpResponse:
+    """The evaluation of a completed job: tuned against base per metric, and the scored samples, paged."""
+    job = _get_job_for_user(request, pk)
+    try:
+        found = artifacts.evaluation(job)
+        error = None
+    except artifacts.ModelArtifactsError as problem:
+        found, error = None, str(problem)
+    samples = (found or {}).get("samples") or []
+    context = {
+        "job": job,
+        "evaluation": found,
+        "error": error,
+        "rows": model_card.metric_rows(found),
+        "page": Paginator(samples, EVALUATION_PAGE_SIZE).get_page(request.GET.get("page")),
+    }
+    return render(request, "jobs/_evaluation.html#evaluation-body", context)
 
 
 @login_required

@@ -8,6 +8,7 @@ the Django web process never does.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import signal
@@ -19,18 +20,20 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
 
 import distributed  # noqa: E402
+import hyperparameters as hp  # noqa: E402
 import phases  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from batching import Datasets, build_datasets  # noqa: E402
 from data import Corpus, load_corpus  # noqa: E402
+from evaluation import BaseAnswers, base_before_training, data_format, evaluate, summary  # noqa: E402
 from hardware import Hardware, pick_hardware  # noqa: E402
 from loop import Trainer  # noqa: E402
 from modelling import LoadedModel, load_model, merged_adapter_model  # noqa: E402
 from outputs import generate_samples, save_model, write_hyperparameters, write_json  # noqa: E402
 from reporting import TrainingError, emit, finite, perplexity  # noqa: E402
 from schedule import Schedule, plan_schedule, used_hyperparameters  # noqa: E402
-from tokenization import Encoder  # noqa: E402
+from tokenization import Encoder, keep_training_format  # noqa: E402
 from training_state import TrainingState, resume_from_latest, run_fingerprint, start_training  # noqa: E402
 
 transformers.utils.logging.disable_progress_bar()
@@ -77,6 +80,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     )
     state.step = training.step
     report_start(hparams, corpus, loaded, datasets, schedule, hardware, resumed_from_step)
+    base = base_answers(training, encoder, corpus, datasets, hparams, hardware, state, resumed_from_step)
 
     state.phase = "train"
     phases.start("training")
@@ -94,7 +98,21 @@ def _run(hparams: dict, paths: dict, state) -> int:
     )
     trainer.train()
 
+    evaluated = None
+    if not state.stop_requested():  # before the save: a merge leaves no adapters to disable
+        evaluated = evaluate(
+            training.model,
+            base,
+            encoder,
+            corpus,
+            datasets,
+            hparams,
+            hardware,
+            training.eval_loss,
+            state.stop_requested,
+        )
     state.phase = "save"
+    keep_training_format(encoder, evaluated["data_format"] if evaluated else data_format(corpus))
     phases.start("saving")
     if distributed.is_main():  # every process holds the same model: one saves it, the others wait
         state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
@@ -103,7 +121,10 @@ def _run(hparams: dict, paths: dict, state) -> int:
         return 128 + int(state.stop_signal) if state.stop_requested() else 0
     stopped = state.stop_requested()  # also true for a signal that came during the save
     metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware, resumed_from_step)
+    metrics["evaluation"] = summary(evaluated)
     write_json(os.path.join(model_dir, "metrics.json"), metrics)
+    if evaluated and not stopped:
+        write_json(os.path.join(model_dir, "evaluation.json"), evaluated)
     if stopped:
         report_stopped(state, training.step, schedule.total_steps, model_dir)
         return 128 + int(state.stop_signal)
@@ -113,8 +134,24 @@ def _run(hparams: dict, paths: dict, state) -> int:
     samples_path = os.path.join(output_dir, "samples.json")
     generations = generate_samples(training.model, encoder, corpus.eval + corpus.train, hparams, hardware)
     write_json(samples_path, generations)
+    write_json(os.path.join(model_dir, "samples.json"), generations)  # so it reaches the download (C6)
     report_done(metrics, model_dir, output_dir, samples_path)
     return 0
+
+
+def base_answers(training, encoder, corpus, datasets, hparams, hardware, state, resumed_from_step):
+    """The base model's answers for the evaluation: kept in the checkpoints (the tracker), so a resumed
+    run scores against the base it started from, not against its checkpoint. Every process computes
+    them (the same answers): none waits alone at a collective meanwhile."""
+    if resumed_from_step:
+        kept = training.tracker.base_evaluation
+        return BaseAnswers(**kept) if kept else None
+    phases.start("evaluating")
+    base = base_before_training(
+        training.model, encoder, corpus, datasets, hparams, hardware, state.stop_requested
+    )
+    training.tracker.base_evaluation = dataclasses.asdict(base) if base else None
+    return base
 
 
 def save_trained_model(training: TrainingState, tokenizer, hparams: dict, model_dir: str) -> bool:
@@ -123,10 +160,11 @@ def save_trained_model(training: TrainingState, tokenizer, hparams: dict, model_
     if training.step == 0:
         return False
     merge = hparams["method"] in ("lora", "qlora") and hparams["merge_adapter"]
+    keep_adapter = merge and not hp.is_scratch_model(hparams["base_model"])  # scratch: no base to load
     model = training.model
     if merge and hparams["method"] == "qlora":
         model = merged_adapter_model(model, hparams)  # the adapter onto the base in bf16, not 4-bit
-    training.model = save_model(model, tokenizer, merge, model_dir)
+    training.model = save_model(model, tokenizer, merge, model_dir, keep_adapter)
     return True
 
 
@@ -168,6 +206,8 @@ def final_metrics(
         "seq2seq": loaded.seq2seq,
         "lora_target_modules": loaded.lora_targets,
         "adapter_merged": bool(hparams["method"] in ("lora", "qlora") and hparams["merge_adapter"]),
+        "adapter_saved": hparams["method"] in ("lora", "qlora")
+        and not hp.is_scratch_model(hparams["base_model"]),
         "world_size": distributed.world_size(),
         "resumed_from_step": resumed_from_step,
         "log_history": tracker.log_history,
@@ -239,6 +279,9 @@ def report_done(metrics: dict, model_dir: str, output_dir: str, samples_path: st
         samples_path=samples_path,
         phase_seconds=phases.seconds(),
         evaluations=phases.evaluations(),
+        adapter_merged=metrics["adapter_merged"],
+        adapter_saved=metrics["adapter_saved"],
+        evaluation=metrics["evaluation"],
     )
 
 

@@ -230,6 +230,16 @@ _SPEC: tuple[Param, ...] = (
         max=64,
     ),
     Param("sample_max_new_tokens", "int", 64, "New tokens per sample generation.", min=1, max=4096),
+    Param(
+        "eval_samples",
+        "int",
+        50,
+        "Held-out validation prompts that the tuned and the base model answer at the end (greedy, "
+        "sample_max_new_tokens each), scored against the reference: exact match, token F1, ROUGE-L "
+        "(0 = off).",
+        min=0,
+        max=1000,
+    ),
 )
 
 # The form's words and units for the parameters above (a new Param may set label= and unit= itself).

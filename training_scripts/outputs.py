@@ -26,9 +26,20 @@ def write_hyperparameters(model_dir: str, output_dir: str, used: dict) -> None:
     write_json(os.path.join(model_dir, "hyperparameters.json"), used)
 
 
-def save_model(model, tokenizer, merge_adapter: bool, model_dir: str):
-    """Save the trained model (the LoRA adapter merged into it when asked); returns the model saved."""
+ADAPTER_FOLDER = "adapter"  # beside a merged model: the LoRA adapter alone (PEFT format)
+
+
+def save_model(model, tokenizer, merge_adapter: bool, model_dir: str, keep_adapter: bool = False):
+    """Save the trained model (the LoRA adapter merged into it when asked); returns the model saved.
+
+    ``keep_adapter``: also save the adapter alone in ``adapter/`` before merging, so that the
+    download can be either (the merge needs the base weights, which only this run has loaded).
+    """
     if merge_adapter:
+        if keep_adapter:
+            adapter_dir = os.path.join(model_dir, ADAPTER_FOLDER)
+            model.save_pretrained(adapter_dir)
+            tokenizer.save_pretrained(adapter_dir)
         model = model.merge_and_unload()
     with contextlib.suppress(Exception):
         model.config.use_cache = True
@@ -51,7 +62,7 @@ def generate_samples(
 
 def generate_one(model, encoder: Encoder, sample: Sample, max_new: int, hardware: Hardware) -> dict:
     prompt, reference = encoder.generation_prompt(sample)
-    ids, new = _prompt_window(encoder, sample, prompt, max_new)
+    ids, new = prompt_window(encoder, sample, prompt, max_new)
     input_ids = torch.tensor([ids], dtype=torch.long, device=hardware.device)
     tok = encoder.tok
     try:
@@ -72,7 +83,7 @@ def generate_one(model, encoder: Encoder, sample: Sample, max_new: int, hardware
     return {"prompt": prompt, "generated": text, "reference": reference}
 
 
-def _prompt_window(encoder: Encoder, sample: Sample, prompt: str, max_new: int) -> tuple[list[int], int]:
+def prompt_window(encoder: Encoder, sample: Sample, prompt: str, max_new: int) -> tuple[list[int], int]:
     """(prompt ids, new tokens): a causal model's prompt is cut so that both fit max_seq_length."""
     templated = sample.kind == "chat" and encoder.template and not encoder._template_failed
     ids = encoder.prompt_ids(prompt, templated_chat=templated)

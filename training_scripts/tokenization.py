@@ -151,3 +151,43 @@ class Encoder:
         if self.adds_bos and not templated_chat:
             ids = [self.bos_id, *ids]
         return ids
+
+
+# the format kept with the tokenizer ----------------------------------------------------
+
+
+def training_chat_template(encoder: Encoder, data_format: str) -> str | None:
+    """A chat template that renders messages exactly as training formatted this data, or None
+    to keep the tokenizer's own (text data; seq2seq; chat data trained with the model's template).
+
+    Chat data without a template was trained as ``role: content\\n`` turns; prompt/completion
+    data as the prompt followed directly by the completion (messages: a user turn holding the
+    prompt, an assistant turn holding the completion). Both start with BOS where the tokenizer
+    adds one and end with EOS, as the training sequences do; ``add_generation_prompt`` gives
+    what the model was trained to continue.
+    """
+    if encoder.seq2seq or data_format not in ("chat", "prompt_completion"):
+        return None
+    if data_format == "chat" and encoder.template and not encoder._template_failed:
+        return None
+    tok = encoder.tok
+    start = "{{ bos_token }}" if encoder.adds_bos and tok.bos_token else ""
+    end = "{{ eos_token }}" if tok.eos_token else ""
+    if data_format == "chat":
+        turns = (
+            "{%- for message in messages -%}"
+            "{{ message['role'] + ': ' + message['content'] + '\\n' }}"
+            "{%- endfor -%}"
+        )
+        prompt = "{{ 'assistant: ' }}"
+    else:
+        turns = "{%- for message in messages -%}{{ message['content'] }}{%- endfor -%}"
+        prompt = ""
+    return f"{start}{turns}{{%- if add_generation_prompt -%}}{prompt}{{%- else -%}}{end}{{%- endif -%}}"
+
+
+def keep_training_format(encoder: Encoder, data_format: str) -> None:
+    """Give the tokenizer the chat template of training's format, before it is saved."""
+    template = training_chat_template(encoder, data_format)
+    if template is not None:
+        encoder.tok.chat_template = template

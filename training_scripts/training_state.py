@@ -51,6 +51,7 @@ class Tracker:
     loss_sum: float = 0.0
     loss_count: int = 0
     log_history: list[dict] = field(default_factory=list)
+    base_evaluation: dict | None = None  # the base model's answers from before training (evaluation.py)
     runtime: float = 0.0  # set when training ends
     cpu_seconds: float = 0.0
 
@@ -85,6 +86,7 @@ class Tracker:
             "train_tokens": self.train_tokens,
             "loss_sum": self.loss_sum,
             "loss_count": self.loss_count,
+            "base_evaluation": self.base_evaluation,
         }
 
     def restore(self, figures: dict, log_history: list[dict]) -> None:
@@ -95,6 +97,7 @@ class Tracker:
         self.train_tokens = figures["train_tokens"]
         self.loss_sum = figures["loss_sum"]
         self.loss_count = figures["loss_count"]
+        self.base_evaluation = figures.get("base_evaluation")
         self.log_history = list(log_history)
 
 

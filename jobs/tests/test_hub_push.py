@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 from datetime import timedelta
+from unittest.mock import ANY
 
 import pytest
 from cryptography.fernet import Fernet
@@ -224,7 +225,10 @@ def test_the_model_arrives_in_a_private_repository_under_the_users_account(owner
     assert push.commit_url.startswith(f"{hub.url}/alice/tuned-proverbs/commit/")
     repo = hub.repos["alice/tuned-proverbs"]
     assert repo["private"] is True
+    card = repo["files"].pop("README.md").decode()
     assert repo["files"] == MODEL_FILES
+    # The model card goes along, its loading code naming the repository.
+    assert "alice/tuned-proverbs" in card and job.base_model.hub_id in card
 
 
 def test_a_sagemaker_jobs_archive_is_pushed_the_same(owner, hub, sagemaker_output):
@@ -237,7 +241,7 @@ def test_a_sagemaker_jobs_archive_is_pushed_the_same(owner, hub, sagemaker_outpu
 
     push.refresh_from_db()
     assert push.status == HubPushStatus.DONE, push.error
-    assert hub.repos["alice/from-sagemaker"]["files"] == MODEL_FILES
+    assert hub.repos["alice/from-sagemaker"]["files"] == {**MODEL_FILES, "README.md": ANY}
     assert hub.repos["alice/from-sagemaker"]["private"] is False
 
 

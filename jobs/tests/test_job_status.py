@@ -81,6 +81,7 @@ def test_json_lists_the_same_jobs(jobs):
         "queue_position": None,  # running, not queued
         "estimated_seconds": None,
         "started_at": None,
+        "evaluation": None,  # a job whose run reported no evaluation (yet)
     }
 
 

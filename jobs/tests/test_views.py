@@ -669,6 +669,7 @@ def test_download_streams_the_tuned_model_as_a_zip(owner_client, job, backend, r
     archive = zipfile.ZipFile(io.BytesIO(b"".join(response.streaming_content)))
     assert archive.testzip() is None
     assert sorted(archive.namelist()) == [
+        "tiny-proverbs/README.md",
         "tiny-proverbs/config.json",
         "tiny-proverbs/model.safetensors",
         "tiny-proverbs/tokenizer/vocab.json",

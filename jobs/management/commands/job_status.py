@@ -13,7 +13,7 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 
-from jobs import batch, queueing, reports
+from jobs import artifacts, batch, queueing, reports
 from jobs.forms import ACTIVE_FILTER, JobFilterForm
 from jobs.models import JobStatus, TrainingJob
 
@@ -42,7 +42,10 @@ class Command(BaseCommand):
                 raise CommandError(str(error)) from None
         jobs = JobFilterForm({"status": options["status"] or ""}).filter(jobs)
         total = jobs.count()
-        summaries = [with_times(reports.job_summary(job), job) for job in jobs[: options["limit"]]]
+        summaries = [
+            {**with_times(reports.job_summary(job), job), "evaluation": artifacts.evaluation_summary(job)}
+            for job in jobs[: options["limit"]]
+        ]
         # queue_position: 1 = next to start (a queued local job; None for any other).
         line = queueing.line()
         for summary in summaries:
