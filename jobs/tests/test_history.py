@@ -99,7 +99,7 @@ def record(**fields) -> RunRecord:
         "backend": Backend.LOCAL,
         "instance_type": "",
         "method": "full",
-        "precision": "",
+        "precision": "auto",  # the default: a job that asks for none
         "max_seq_length": 64,
         "world_size": 1,
         "completed": True,
@@ -241,7 +241,7 @@ def test_the_range_runs_from_the_median_to_the_slowest_of_few_runs(owner, datase
     )
 
 
-# Each a step further from the job estimated (tiny model, full, no precision asked, 64 tokens, 1 device).
+# Each a step further from the job estimated (tiny model, full, the default precision, 64 tokens, 1 device).
 LEVELS = [
     ({}, "from 1 similar run"),
     ({"max_seq_length": 128}, "from 1 run of this model with other sequence lengths"),
