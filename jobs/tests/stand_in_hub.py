@@ -6,9 +6,9 @@ may read the files; 403 `X-Error-Code: GatedRepo` for a gated model it may not; 
 Hub does not know). An unknown model is 404 `X-Error-Code: RepoNotFound`.
 
 Pushing, what `HfApi.whoami`, `create_repo` and `upload_folder` ask: whoami-v2, repos/create,
-validate-yaml (a README.md's metadata), preupload (every file "regular", so its bytes ride the commit) and commit (NDJSON). `accounts`
-maps a token to (user, role); a "read" token cannot create or commit, and nobody writes outside
-their own namespace. What was committed is kept in `repos`.
+validate-yaml (a README.md's metadata), preupload (every file "regular", so its bytes ride the
+commit) and commit (NDJSON). `accounts` maps a token to (user, role); a "read" token cannot create
+or commit, and nobody writes outside their own namespace. What was committed is kept in `repos`.
 """
 
 from __future__ import annotations
