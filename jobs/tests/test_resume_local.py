@@ -173,7 +173,8 @@ SCRIPT_RESUMES = "resumed_from_step" in ENGINE.read_text()
 @pytest.mark.django_db(transaction=True)
 def test_the_real_script_stopped_mid_way_then_resumed_ends_at_the_same_total_steps(owner):
     job = make_job(owner)
-    hyperparameters = {**job.hyperparameters, "max_steps": 20, "save_steps": 5, "logging_steps": 1}
+    # Enough steps that the stop (seen at the worker's next heartbeat) comes well before the end.
+    hyperparameters = {**job.hyperparameters, "max_steps": 200, "save_steps": 5, "logging_steps": 1}
     TrainingJob.objects.filter(pk=job.pk).update(hyperparameters=hyperparameters)
 
     def run_then_close_the_threads_connection():
@@ -195,7 +196,7 @@ def test_the_real_script_stopped_mid_way_then_resumed_ends_at_the_same_total_ste
     assert not runner.is_alive()
     job.refresh_from_db()
     assert job.status == JobStatus.STOPPED
-    assert 0 < job.step < 20
+    assert 0 < job.step < 200
     stored = checkpoints.latest_step(job)
     assert stored is not None and stored >= 5, "the stopped run left a checkpoint in storage"
 
@@ -205,14 +206,14 @@ def test_the_real_script_stopped_mid_way_then_resumed_ends_at_the_same_total_ste
 
     new.refresh_from_db()
     assert new.status == JobStatus.COMPLETED, new.status_message
-    assert new.step == new.total_steps == 20
+    assert new.step == new.total_steps == 200
     assert new.resumed_at_step == stored > 0
     texts = list(LogLine.objects.filter(job=new).values_list("text", flat=True))
     assert any(text.endswith(f"resumed from the checkpoint at step {stored}") for text in texts)
-    trained = [int(m[1]) for text in texts if (m := re.match(r"step (\d+)/20 ", text))]
+    trained = [int(m[1]) for text in texts if (m := re.match(r"step (\d+)/200 ", text))]
     assert min(trained) == stored + 1  # the second run trained only the steps left
     steps = list(
         MetricPoint.objects.filter(job=new, loss__isnull=False).order_by("id").values_list("step", flat=True)
     )
-    assert steps == sorted(set(steps)) and steps[-1] == 20  # one curve, each step once
+    assert steps == sorted(set(steps)) and steps[-1] == 200  # one curve, each step once
     assert min(s for s in steps if s > stored) == stored + 1
