@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from batching import Datasets, build_datasets  # noqa: E402
 from data import Corpus, load_corpus  # noqa: E402
-from evaluation import BaseAnswers, base_before_training, data_format, evaluate, summary  # noqa: E402
+from evaluation import BaseAnswers, base_before_training, data_format, evaluate, summary, wanted  # noqa: E402
 from hardware import Hardware, pick_hardware  # noqa: E402
 from loop import Trainer  # noqa: E402
 from modelling import LoadedModel, load_model, merged_adapter_model  # noqa: E402
@@ -146,7 +146,8 @@ def base_answers(training, encoder, corpus, datasets, hparams, hardware, state, 
     if resumed_from_step:
         kept = training.tracker.base_evaluation
         return BaseAnswers(**kept) if kept else None
-    phases.start("evaluating")
+    if hparams["method"] not in hp.ADAPTER_METHODS and wanted(corpus, hparams):
+        phases.start("evaluating")  # the base's answers, before training changes its weights
     base = base_before_training(
         training.model, encoder, corpus, datasets, hparams, hardware, state.stop_requested
     )
