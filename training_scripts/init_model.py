@@ -84,7 +84,7 @@ def extract_archive(archive: str) -> str:
                 check_member(member, archive)
             # The "data" filter refuses the same again (and drops modes we do not want), where Python has it.
             extra = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(destination, members=members, **extra)  # noqa: S202 - every member checked above
+            tar.extractall(destination, members=members, **extra)  # noqa: S202  # nosec B202 - every member checked above
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise TrainingError(f"{archive} could not be extracted: {type(exc).__name__}: {exc}") from None
     log(f"extracted {archive} ({len(members)} entries) to {destination}")
