@@ -173,10 +173,15 @@ def export_variants(job: TrainingJob) -> list[str]:
     and the adapter alone when the script kept it in adapter/ (not for `scratch:` bases, whose
     random initialisation cannot be loaded again). LoRA saved unmerged: the adapter only.
     """
-    if job.method != Method.LORA:
+    if job.method not in (Method.LORA, Method.QLORA):
         return ["model"]
     metrics = job.metrics or {}
-    if not metrics.get("adapter_merged", job.hyperparameters.get("merge_adapter", True)):
+    merged = (
+        metrics["adapter_merged"]
+        if "adapter_merged" in metrics
+        else job.hyperparameters.get("merge_adapter", True)
+    )
+    if not merged:
         return ["adapter"]
     return ["model", "adapter"] if metrics.get("adapter_saved") else ["model"]
 

@@ -26,6 +26,7 @@ JOB_FIELDS = (
     "owner",
     "name",
     "backend",
+    "method",  # the download buttons (jobs.artifacts.export_variants)
     "status",
     "status_message",
     "step",
