@@ -200,9 +200,14 @@ def epoch_batches(
         yield data.collate(group, pad_multiple)
     per_rank = math.ceil(len(groups) / world_size)
     for _ in range(per_rank - len(mine)):
-        filler = data.collate(groups[0], pad_multiple)
-        filler.filler, filler.tokens, filler.n_targets = True, 0, 0
-        yield filler
+        yield _filler(data, groups[0], pad_multiple)
+
+
+def _filler(data: Dataset, group, pad_multiple: int) -> Batch:
+    """A batch that runs like any other and weighs nothing: no tokens, no targets counted."""
+    filler = data.collate(group, pad_multiple)
+    filler.filler, filler.tokens, filler.n_targets = True, 0, 0
+    return filler
 
 
 def micro_batches_per_epoch(data: Dataset, batch_size: int, world_size: int = 1) -> int:
@@ -213,6 +218,13 @@ def micro_batches_per_epoch(data: Dataset, batch_size: int, world_size: int = 1)
 def eval_batches(
     data: Dataset, batch_size: int, pad_multiple: int, rank: int = 0, world_size: int = 1
 ) -> Iterator[Batch]:
-    """This process's share of the validation batches (their losses are summed over the processes)."""
-    for group in data.groups(batch_size, None)[rank::world_size]:
+    """This process's share of the validation batches (their losses are summed over the processes).
+
+    A process left one short runs a filler (not counted), so all run as many forward passes: under
+    FSDP each pass is a collective."""
+    groups = data.groups(batch_size, None)
+    mine = groups[rank::world_size]
+    for group in mine:
         yield data.collate(group, pad_multiple)
+    for _ in range(math.ceil(len(groups) / world_size) - len(mine)):
+        yield _filler(data, groups[0], pad_multiple)

@@ -29,12 +29,18 @@ from data import Corpus, load_corpus  # noqa: E402
 from evaluation import BaseAnswers, base_before_training, data_format, evaluate, summary, wanted  # noqa: E402
 from hardware import Hardware, pick_hardware  # noqa: E402
 from loop import Trainer  # noqa: E402
-from modelling import LoadedModel, load_model, merged_adapter_model  # noqa: E402
+from modelling import LoadedModel, load_model, merged_adapter_model, shard_for_processes, uses_fsdp  # noqa: E402
 from outputs import generate_samples, save_model, write_hyperparameters, write_json  # noqa: E402
 from reporting import TrainingError, emit, finite, perplexity  # noqa: E402
 from schedule import Schedule, plan_schedule, used_hyperparameters  # noqa: E402
 from tokenization import Encoder, keep_training_format  # noqa: E402
-from training_state import TrainingState, resume_from_latest, run_fingerprint, start_training  # noqa: E402
+from training_state import (  # noqa: E402
+    TrainingState,
+    gathered_weights,
+    resume_from_latest,
+    run_fingerprint,
+    start_training,
+)
 
 transformers.utils.logging.disable_progress_bar()
 warnings.filterwarnings("ignore", category=FutureWarning)
@@ -73,6 +79,12 @@ def _run(hparams: dict, paths: dict, state) -> int:
     state.total_steps = schedule.total_steps
     if distributed.is_main():
         write_hyperparameters(model_dir, output_dir, used_hyperparameters(hparams, schedule, loaded.max_len))
+    sharded = uses_fsdp(hparams)
+    if sharded:  # before the optimizer is made: it holds the shards
+        shard_for_processes(loaded.model, hardware)
+    # Under FSDP every forward pass is a collective, so every process must run the same ones: a stop
+    # is acted on once all processes agreed on it, never by one alone.
+    stop = agreed_stop(state, hardware) if sharded else state.stop_requested
     training = start_training(loaded.model, hparams, schedule, hardware)
     fingerprint = run_fingerprint(hparams, schedule, len(datasets.train), len(loaded.tokenizer))
     resumed_from_step = resume_from_latest(
@@ -80,7 +92,7 @@ def _run(hparams: dict, paths: dict, state) -> int:
     )
     state.step = training.step
     report_start(hparams, corpus, loaded, datasets, schedule, hardware, resumed_from_step)
-    base = base_answers(training, encoder, corpus, datasets, hparams, hardware, state, resumed_from_step)
+    base = base_answers(training, encoder, corpus, datasets, hparams, hardware, stop, resumed_from_step)
 
     state.phase = "train"
     phases.start("training")
@@ -99,27 +111,23 @@ def _run(hparams: dict, paths: dict, state) -> int:
     trainer.train()
 
     evaluated = None
-    if not state.stop_requested():  # before the save: a merge leaves no adapters to disable
+    if not stop():  # before the save: a merge leaves no adapters to disable
         evaluated = evaluate(
-            training.model,
-            base,
-            encoder,
-            corpus,
-            datasets,
-            hparams,
-            hardware,
-            training.eval_loss,
-            state.stop_requested,
+            training.model, base, encoder, corpus, datasets, hparams, hardware, training.eval_loss, stop
         )
     state.phase = "save"
     keep_training_format(encoder, evaluated["data_format"] if evaluated else data_format(corpus))
     phases.start("saving")
+    weights = gathered_weights(training.model)  # FSDP: all gather the full weights for rank 0
     if distributed.is_main():  # every process holds the same model: one saves it, the others wait
-        state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir)
+        state.model_saved = save_trained_model(training, loaded.tokenizer, hparams, model_dir, weights)
+    del weights
     distributed.barrier()
+    stopped = stop()  # also true for a signal that came during the save
     if not distributed.is_main():
-        return 128 + int(state.stop_signal) if state.stop_requested() else 0
-    stopped = state.stop_requested()  # also true for a signal that came during the save
+        if sharded and not stopped:  # rank 0's sample generations are collectives: take part
+            generate_samples(training.model, encoder, corpus.eval + corpus.train, hparams, hardware)
+        return 128 + int(state.stop_signal) if stopped else 0
     metrics = final_metrics(stopped, training, hparams, corpus, loaded, schedule, hardware, resumed_from_step)
     metrics["evaluation"] = summary(evaluated)
     write_json(os.path.join(model_dir, "metrics.json"), metrics)
@@ -139,7 +147,19 @@ def _run(hparams: dict, paths: dict, state) -> int:
     return 0
 
 
-def base_answers(training, encoder, corpus, datasets, hparams, hardware, state, resumed_from_step):
+def agreed_stop(state, hardware):
+    """``state.stop_requested`` agreed by all processes: true on every one once any got a signal."""
+
+    def stop() -> bool:
+        signal_anywhere = distributed.all_max([float(state.stop_signal or 0)], hardware.device)[0]
+        if signal_anywhere and not state.stop_signal:
+            state.stop_signal = int(signal_anywhere)
+        return bool(signal_anywhere)
+
+    return stop
+
+
+def base_answers(training, encoder, corpus, datasets, hparams, hardware, stop, resumed_from_step):
     """The base model's answers for the evaluation: kept in the checkpoints (the tracker), so a resumed
     run scores against the base it started from, not against its checkpoint. Every process computes
     them (the same answers): none waits alone at a collective meanwhile."""
@@ -148,15 +168,16 @@ def base_answers(training, encoder, corpus, datasets, hparams, hardware, state, 
         return BaseAnswers(**kept) if kept else None
     if hparams["method"] not in hp.ADAPTER_METHODS and wanted(corpus, hparams):
         phases.start("evaluating")  # the base's answers, before training changes its weights
-    base = base_before_training(
-        training.model, encoder, corpus, datasets, hparams, hardware, state.stop_requested
-    )
+    base = base_before_training(training.model, encoder, corpus, datasets, hparams, hardware, stop)
     training.tracker.base_evaluation = dataclasses.asdict(base) if base else None
     return base
 
 
-def save_trained_model(training: TrainingState, tokenizer, hparams: dict, model_dir: str) -> bool:
-    """Save the model reached (none before the first step); True when saved."""
+def save_trained_model(
+    training: TrainingState, tokenizer, hparams: dict, model_dir: str, weights: dict | None = None
+) -> bool:
+    """Save the model reached (none before the first step); True when saved. ``weights``: an FSDP
+    model's, gathered."""
     training.model.eval()
     if training.step == 0:
         return False
@@ -165,7 +186,7 @@ def save_trained_model(training: TrainingState, tokenizer, hparams: dict, model_
     model = training.model
     if merge and hparams["method"] == "qlora":
         model = merged_adapter_model(model, hparams)  # the adapter onto the base in bf16, not 4-bit
-    training.model = save_model(model, tokenizer, merge, model_dir, keep_adapter)
+    training.model = save_model(model, tokenizer, merge, model_dir, keep_adapter, weights=weights)
     return True
 
 
@@ -210,6 +231,7 @@ def final_metrics(
         "adapter_saved": hparams["method"] in ("lora", "qlora")
         and not hp.is_scratch_model(hparams["base_model"]),
         "world_size": distributed.world_size(),
+        "sharding": sharding_of(hparams),
         "resumed_from_step": resumed_from_step,
         "log_history": tracker.log_history,
     }
@@ -236,6 +258,7 @@ def report_start(
         device=hardware.describe(),
         precision=hardware.precision,
         world_size=distributed.world_size(),
+        sharding=sharding_of(hparams),
         # examples per optimizer step: per process x accumulation x processes
         effective_batch_size=schedule.batch_size
         * schedule.gradient_accumulation_steps
@@ -284,6 +307,13 @@ def report_done(metrics: dict, model_dir: str, output_dir: str, samples_path: st
         adapter_saved=metrics["adapter_saved"],
         evaluation=metrics["evaluation"],
     )
+
+
+def sharding_of(hparams: dict) -> str:
+    """How the processes share the training: fsdp, ddp, or none (one process)."""
+    if not distributed.is_distributed():
+        return "none"
+    return "fsdp" if uses_fsdp(hparams) else "ddp"
 
 
 def signal_name(signum: int | None) -> str:

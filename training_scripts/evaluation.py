@@ -173,7 +173,7 @@ def answer_batch(model, encoder: Encoder, chunk: list[Sample], max_new: int, har
         masks.append(ones + zeros if encoder.seq2seq else zeros + ones)
     input_ids = torch.tensor(rows, dtype=torch.long, device=hardware.device)
     try:
-        with torch.inference_mode(), hardware.autocast():
+        with torch.no_grad(), hardware.autocast():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.tensor(masks, dtype=torch.long, device=hardware.device),
@@ -196,7 +196,7 @@ def answer_one(model, encoder: Encoder, sample: Sample, max_new: int, hardware: 
     input_ids = torch.tensor([ids], dtype=torch.long, device=hardware.device)
     tok = encoder.tok
     try:
-        with torch.inference_mode(), hardware.autocast():
+        with torch.no_grad(), hardware.autocast():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
@@ -217,7 +217,7 @@ def eval_loss(model, datasets: Datasets, hparams: dict, hardware: Hardware, seq2
     """Mean loss per target over the validation data (as the training loop measures it)."""
     model.eval()
     total, count = 0.0, 0
-    with torch.inference_mode():
+    with torch.no_grad():
         for batch in eval_batches(datasets.eval, hparams["batch_size"], hardware.pad_multiple):
             if stop():
                 return None

@@ -33,6 +33,7 @@ __all__ = [
     "ADAPTER_METHODS",
     "METHODS",
     "PRECISIONS",
+    "SHARDINGS",
     "SCRATCH_MODELS",
     "Param",
     "decode_value",
@@ -48,6 +49,7 @@ __all__ = [
 METHODS = ("full", "lora", "qlora")
 ADAPTER_METHODS = ("lora", "qlora")  # methods that train a LoRA adapter (saved apart or merged)
 PRECISIONS = ("auto", "fp32", "bf16")
+SHARDINGS = ("auto", "ddp", "fsdp")
 LR_SCHEDULERS = (
     "linear",
     "cosine",
@@ -141,6 +143,16 @@ _SPEC: tuple[Param, ...] = (
         "auto: bf16 autocast where the device computes bf16 natively (recent GPUs, CPUs with avx512_bf16 "
         "or AMX), fp16 on older GPUs, else fp32; fp32 forces full precision; bf16 forces bf16 autocast.",
         choices=PRECISIONS,
+    ),
+    Param(
+        "sharding",
+        "choice",
+        "auto",
+        "How a full fine-tune spreads over several GPUs: ddp keeps the whole model, gradients and optimizer "
+        "states on each; fsdp shards all three over the GPUs (PyTorch FSDP), for a model whose training "
+        "state does not fit one. auto: the platform's memory check picks fsdp where ddp would not fit "
+        "(the script run by hand takes ddp). LoRA and QLoRA always use ddp; one device: ignored.",
+        choices=SHARDINGS,
     ),
     Param("epochs", "float", 3.0, "Passes over the training data.", min=0, max=1000, min_exclusive=True),
     Param("max_steps", "int", 0, "Stop after this many optimizer steps (0 = no cap).", min=0, max=10_000_000),
@@ -261,6 +273,7 @@ LABELS: dict[str, tuple[str, str]] = {
     "lora_alpha": ("LoRA scaling", "alpha"),
     "lora_dropout": ("LoRA dropout", "probability"),
     "gradient_checkpointing": ("Gradient checkpointing", ""),
+    "sharding": ("Spread over several GPUs", "ddp or fsdp"),
     "merge_adapter": ("Merge the adapter into the model", ""),
     "max_grad_norm": ("Gradient clipping", "norm, 0 = off"),
     "eval_steps": ("Evaluate every", "steps"),
@@ -431,6 +444,11 @@ def validate_hyperparameters(values: Mapping[str, Any] | None) -> tuple[dict[str
         errors["method"] = (
             f"must be full for scratch models (got {describe_value(clean['method'])}): {why}. "
             "Choose full fine-tuning, or a Hub model for LoRA"
+        )
+    if clean.get("sharding") == "fsdp" and clean.get("method") in ADAPTER_METHODS and "method" not in errors:
+        errors["sharding"] = (
+            f"fsdp shards a full fine-tune; method {clean['method']} trains a small adapter, which every GPU "
+            "holds whole: use sharding ddp or auto, or method full"
         )
     if clean.get("learning_rate") is None and "learning_rate" not in errors:
         if is_scratch_model(base):

@@ -3,14 +3,13 @@
 Reports progress at least every few seconds, evaluates and checkpoints on the schedule, and
 stops after the current optimizer step once a stop signal came.
 
-Under torchrun each process trains its share of every step (DDP averages the gradients); what
+Under torchrun each process trains its share of every step (DDP or FSDP averages the gradients); what
 decides the control flow (report now, stop) is agreed by all processes after each step, so none
 waits in a collective the others never reach. With one process no collective runs at all.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import time
@@ -23,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from batching import Batch, Datasets, epoch_batches, eval_batches
 from hardware import Hardware
-from modelling import wrap_for_processes
+from modelling import gradient_sync, is_sharded, wrap_for_processes
 from reporting import TrainingError, emit, finite, perplexity
 from schedule import Schedule
 from tokenization import IGNORE
-from training_state import TrainingState, save_checkpoint
+from training_state import TrainingState, gathered_optimizer_state, gathered_weights, save_checkpoint
 
 # The job page polls every 2 s; a progress line at least this often keeps its bar moving.
 PROGRESS_MAX_INTERVAL_SECONDS = 2.0
@@ -195,7 +194,7 @@ class Trainer:
         step_loss = torch.zeros((), device=self.hardware.device)
         for k, batch in enumerate(group):
             syncing = self.world_size == 1 or k == len(group) - 1
-            with contextlib.nullcontext() if syncing else self.model.no_sync():
+            with gradient_sync(self.model, syncing):
                 loss_sum = forward_loss(self.model, batch, self.hardware, self.seq2seq)
                 loss = loss_sum * (0.0 if batch.filler else weight)
                 (scaler.scale(loss) if scaler else loss).backward()
@@ -215,7 +214,9 @@ class Trainer:
         optimizer, scaler = self.training.optimizer, self.training.scaler
         if scaler:
             scaler.unscale_(optimizer)
-        self.grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, self.clip)
+        # under FSDP the norm is a DTensor (over all shards): the plain number, once per step
+        self.grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         if scaler:
             scaler.step(optimizer)
             scaler.update()
@@ -295,7 +296,9 @@ class Trainer:
         model.eval()
         loss_sum = torch.zeros((), device=self.hardware.device)
         count = 0
-        with torch.inference_mode():
+        # no_grad, not inference_mode (nor in evaluation.py, outputs.py): FSDP's weights gathered in
+        # inference mode would be inference tensors that training can no longer update.
+        with torch.no_grad():
             for batch in eval_batches(
                 self.datasets.eval,
                 self.schedule.batch_size,
@@ -306,8 +309,10 @@ class Trainer:
                 if self._stopped():
                     model.train()
                     return None
-                loss_sum += forward_loss(model, batch, self.hardware, self.seq2seq)
-                count += batch.n_targets
+                loss = forward_loss(model, batch, self.hardware, self.seq2seq)
+                if not batch.filler:  # a filler only keeps FSDP's processes in step
+                    loss_sum += loss
+                    count += batch.n_targets
         model.train()
         if self.world_size > 1:
             loss_sum, count = distributed.all_sum([loss_sum, count], self.hardware.device).tolist()
@@ -315,10 +320,23 @@ class Trainer:
 
     def _save_checkpoint(self) -> None:
         with self.tracker.excluding():
-            # Rank 0 writes it (every process holds the same weights and optimizer state); the
-            # others wait, so none runs ahead of a checkpoint that could be resumed from.
+            # Rank 0 writes it; the others wait, so none runs ahead of a checkpoint that could be
+            # resumed from. Under DDP every process holds the same weights and optimizer state; under
+            # FSDP each holds a shard, and all gather the full ones for rank 0 first.
+            sharded = is_sharded(self.training.model)
+            weights = optimizer_state = None
+            if sharded or distributed.is_main():
+                weights = gathered_weights(self.training.model)
+                optimizer_state = gathered_optimizer_state(self.training)
             path = (
-                save_checkpoint(self.training, self.tokenizer, self.checkpoint_dir, self.run_fingerprint)
+                save_checkpoint(
+                    self.training,
+                    self.tokenizer,
+                    self.checkpoint_dir,
+                    self.run_fingerprint,
+                    weights=weights,
+                    optimizer_state=optimizer_state,
+                )
                 if distributed.is_main()
                 else None
             )

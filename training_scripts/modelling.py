@@ -1,5 +1,6 @@
 """Load the model: a scratch GPT-2 or a pretrained one (4-bit for QLoRA), LoRA on top, placed on the
-device, and wrapped for several processes (DDP) when torchrun started more than one."""
+device, and wrapped for several processes (DDP, or FSDP for a sharded full fine-tune) when torchrun
+started more than one."""
 
 from __future__ import annotations
 
@@ -292,18 +293,78 @@ def prepare_for_training(model, hparams: dict, seq2seq: bool, hardware: Hardware
     return model, lora_targets
 
 
+def uses_fsdp(hparams: dict) -> bool:
+    """Shard this run with FSDP: asked for, a full fine-tune, and more than one process."""
+    return hparams["sharding"] == "fsdp" and hparams["method"] == "full" and distributed.is_distributed()
+
+
+def shard_for_processes(model, hardware: Hardware):
+    """FSDP (PyTorch's ``fully_shard``, FSDP2): each process keeps 1/world of the weights, and so of
+    their gradients and optimizer states; a layer's weights are gathered while it computes.
+
+    Each transformer layer is its own unit (a layer gathered at a time, as the memory check counts),
+    the embeddings and the head in the root. Parameters stay fp32 and autocast computes in bf16, as
+    under DDP. In place: call it before the optimizer is made, which must hold the sharded parameters.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in transformer_layers(model):
+        fully_shard(layer)
+    fully_shard(model)
+    if distributed.is_main():
+        log(
+            f"FSDP: weights, gradients and optimizer states sharded over {distributed.world_size()} processes"
+        )
+    return model
+
+
+def transformer_layers(model) -> list:
+    """The repeated blocks of a Hugging Face model: the classes it names as never split across
+    devices (``_no_split_modules``: GPT2Block, LlamaDecoderLayer, T5Block…), else the longest ModuleList."""
+    names = set(getattr(model, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in names]
+    if layers:
+        return layers
+    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []
+
+
+def is_sharded(model) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def wrap_for_processes(model, hardware: Hardware):
     """The model the training passes go through: DDP over the processes torchrun started, else itself.
 
     Each process holds the whole model and its optimizer state (DDP keeps them identical by
     averaging the gradients of the trainable parameters only: a LoRA run exchanges just the adapter's).
+    A model FSDP sharded already is its own wrapper.
     """
-    if not distributed.is_distributed():
+    if not distributed.is_distributed() or is_sharded(model):
         return model
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [hardware.device.index] if hardware.on_gpu else None
     return DistributedDataParallel(model, device_ids=device_ids)
+
+
+@contextlib.contextmanager
+def gradient_sync(model, enabled: bool):
+    """Exchange gradients in this backward pass or not (only the last micro-batch of a step does):
+    DDP's ``no_sync``, FSDP's ``set_requires_gradient_sync``; nothing for one process."""
+    if enabled or not distributed.is_distributed():
+        yield
+    elif is_sharded(model):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        with model.no_sync():
+            yield
 
 
 def merged_adapter_model(model, hparams: dict):

@@ -29,7 +29,14 @@ def write_hyperparameters(model_dir: str, output_dir: str, used: dict) -> None:
 ADAPTER_FOLDER = "adapter"  # beside a merged model: the LoRA adapter alone (PEFT format)
 
 
-def save_model(model, tokenizer, merge_adapter: bool, model_dir: str, keep_adapter: bool = False):
+def save_model(
+    model,
+    tokenizer,
+    merge_adapter: bool,
+    model_dir: str,
+    keep_adapter: bool = False,
+    weights: dict | None = None,
+):
     """Save the trained model (the LoRA adapter merged into it when asked); returns the model saved.
 
     ``keep_adapter``: also save the adapter alone in ``adapter/`` before merging, so that the
@@ -43,7 +50,7 @@ def save_model(model, tokenizer, merge_adapter: bool, model_dir: str, keep_adapt
         model = model.merge_and_unload()
     with contextlib.suppress(Exception):
         model.config.use_cache = True
-    model.save_pretrained(model_dir)
+    model.save_pretrained(model_dir, state_dict=weights)  # weights: an FSDP model's, gathered
     tokenizer.save_pretrained(model_dir)
     return model
 
@@ -66,7 +73,7 @@ def generate_one(model, encoder: Encoder, sample: Sample, max_new: int, hardware
     input_ids = torch.tensor([ids], dtype=torch.long, device=hardware.device)
     tok = encoder.tok
     try:
-        with torch.inference_mode(), hardware.autocast():
+        with torch.no_grad(), hardware.autocast():
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),

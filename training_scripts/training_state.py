@@ -1,9 +1,11 @@
 """The state of a training run: what a checkpoint holds, built in one place, saved in one place.
 
 A checkpoint folder ``checkpoint-<step>`` holds the model or adapter and the tokenizer
-(``save_pretrained``), ``trainer_state.pt`` (optimizer, LR scheduler, grad scaler, RNG
-states) and ``state.json`` (step, epoch, position in the epoch's data, the tracker's figures
-and log history, the settings the data order depends on, and the size of every file). It is
+(``save_pretrained``; an FSDP run gathers its shards into the same full weights first),
+``trainer_state.pt`` (the optimizer's state keyed by parameter name, so one process, DDP and
+FSDP read each other's; LR scheduler, grad scaler, RNG states) and ``state.json`` (step,
+epoch, position in the epoch's data, the tracker's figures and log history, the settings the
+data order depends on, and the size of every file). It is
 written under ``checkpoint-<step>.tmp``, ``state.json`` last, then renamed into place; it
 counts as complete only when ``state.json`` is there and every file it lists has its size
 (a folder copied back from S3 in part is skipped too). Nothing in it names an absolute
@@ -159,17 +161,53 @@ def run_fingerprint(hparams: dict, schedule: Schedule, train_examples: int, voca
     }
 
 
+def gathered_weights(model) -> dict[str, torch.Tensor] | None:
+    """The full weights of an FSDP-sharded model on the CPU of rank 0 (the others get {}); None for a
+    model that is whole on each process (its own save_pretrained writes it). Under FSDP a collective:
+    every process calls it."""
+    from modelling import is_sharded
+
+    if not is_sharded(model):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def gathered_optimizer_state(training: TrainingState) -> dict:
+    """The optimizer's state keyed by parameter name, full, on the CPU (rank 0's under FSDP, where
+    every process must call it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(
+        training.model, training.optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
+
+
 def save_checkpoint(
-    training: TrainingState, tokenizer, checkpoint_dir: str, fingerprint: dict, keep: int = KEEP_CHECKPOINTS
+    training: TrainingState,
+    tokenizer,
+    checkpoint_dir: str,
+    fingerprint: dict,
+    keep: int = KEEP_CHECKPOINTS,
+    *,
+    weights: dict | None = None,
+    optimizer_state: dict | None = None,
 ) -> str:
-    """checkpoint-<step>: written under a temporary name, state.json last, then renamed into place."""
+    """checkpoint-<step>: written under a temporary name, state.json last, then renamed into place.
+
+    ``weights`` and ``optimizer_state``: what gathered_weights / gathered_optimizer_state gave (under
+    FSDP every process gathers, then rank 0 calls this); by default this process's own.
+    """
     os.makedirs(checkpoint_dir, exist_ok=True)
     path = os.path.join(checkpoint_dir, f"checkpoint-{training.step}")
     tmp = path + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    training.model.save_pretrained(tmp)  # a LoRA model saves only its adapter
+    training.model.save_pretrained(tmp, state_dict=weights)  # a LoRA model saves only its adapter
     tokenizer.save_pretrained(tmp)
-    torch.save(_trainer_state(training), os.path.join(tmp, TRAINER_STATE_FILE))
+    if optimizer_state is None:
+        optimizer_state = gathered_optimizer_state(training)
+    torch.save(_trainer_state(training, optimizer_state), os.path.join(tmp, TRAINER_STATE_FILE))
     state = {
         "format": CHECKPOINT_FORMAT,
         "step": training.step,
@@ -189,9 +227,9 @@ def save_checkpoint(
     return path
 
 
-def _trainer_state(training: TrainingState) -> dict:
+def _trainer_state(training: TrainingState, optimizer_state: dict) -> dict:
     return {
-        "optimizer": training.optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "lr_scheduler": training.lr_scheduler.state_dict(),
         "scaler": training.scaler.state_dict() if training.scaler else None,
         "rng": _rng_state(),
@@ -301,7 +339,7 @@ def resume_from_latest(
         )
     load_model_weights(training.model, path)
     trainer = torch.load(os.path.join(path, TRAINER_STATE_FILE), map_location="cpu", weights_only=True)
-    training.optimizer.load_state_dict(trainer["optimizer"])
+    load_optimizer_state(training, trainer["optimizer"])
     training.lr_scheduler.load_state_dict(trainer["lr_scheduler"])
     if training.scaler is not None and trainer["scaler"]:
         training.scaler.load_state_dict(trainer["scaler"])
@@ -332,6 +370,23 @@ def _check_same_run(name: str, saved: dict, current: dict) -> None:
         )
 
 
+def load_optimizer_state(training: TrainingState, saved: dict) -> None:
+    """The optimizer state of a checkpoint: keyed by parameter name (any layout: one process, DDP or
+    FSDP, which shards it as it loads), or by position as checkpoints of this format first were."""
+    if not _by_name(saved):
+        training.optimizer.load_state_dict(saved)
+        return
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    set_optimizer_state_dict(
+        training.model, training.optimizer, saved, options=StateDictOptions(full_state_dict=True)
+    )
+
+
+def _by_name(saved: dict) -> bool:
+    return any(isinstance(p, str) for group in saved.get("param_groups", []) for p in group.get("params", []))
+
+
 def load_model_weights(model, path: str) -> None:
     """Load a checkpoint's weights (the adapter of a PEFT model, else the whole model) into ``model``."""
     from safetensors.torch import load_file
@@ -349,6 +404,11 @@ def load_model_weights(model, path: str) -> None:
                 f"{os.path.basename(path)} does not fit this adapter: {result.unexpected_keys[:3]}"
             )
         return
+    from modelling import is_sharded
+
+    if is_sharded(model):
+        _load_sharded(model, weights, os.path.basename(path))
+        return
     try:
         result = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:  # a weight of another shape
@@ -360,4 +420,22 @@ def load_model_weights(model, path: str) -> None:
         raise TrainingError(
             f"{os.path.basename(path)} does not fit this model (missing {untied_missing[:3]}, "
             f"unexpected {result.unexpected_keys[:3]})"
+        )
+
+
+def _load_sharded(model, weights: dict[str, torch.Tensor], name: str) -> None:
+    """Full weights into an FSDP-sharded model: each process keeps its shard of them."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    tied = set(getattr(model, "all_tied_weights_keys", None) or {})  # left out by save_pretrained
+    try:
+        result = set_model_state_dict(
+            model, weights, options=StateDictOptions(full_state_dict=True, strict=False)
+        )
+    except (RuntimeError, ValueError) as exc:
+        raise TrainingError(f"{name} does not fit this model: {str(exc)[:500]}") from None
+    missing = [k for k in result.missing_keys if k not in tied]
+    if result.unexpected_keys or missing:
+        raise TrainingError(
+            f"{name} does not fit this model (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})"
         )

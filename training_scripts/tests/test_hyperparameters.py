@@ -74,6 +74,12 @@ def test_learning_rate_default_follows_method():
         ({"base_model": "a\nb"}, "base_model", "control characters"),
         ({"method": "lora"}, "method", "must be full for scratch models (got 'lora'): LoRA trains small"),
         ({"foo": 1}, "foo", "unknown hyperparameter 'foo'"),
+        ({"sharding": "zero3"}, "sharding", "one of auto, ddp, fsdp"),
+        (
+            {"base_model": "gpt2", "method": "lora", "sharding": "fsdp"},
+            "sharding",
+            "fsdp shards a full fine-tune; method lora trains a small adapter",
+        ),
     ],
 )
 def test_invalid_values_name_the_field_and_the_range(values, field, fragment):
