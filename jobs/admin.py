@@ -7,6 +7,7 @@ actions.retry_job, lifecycle.transition); nothing here saves a job's state itsel
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, datetime
 from decimal import Decimal
 
@@ -247,36 +248,40 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
     @admin.action(description="Retry the selected jobs (a new attempt each)", permissions=["change"])
     def retry_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        retried = 0
-        for job in queryset.select_related("dataset", "owner", "base_model", "instance_type"):
-            try:
-                again, made = actions.retry_job(job)
-            except actions.ActionError as error:
-                self.message_user(request, f"“{job.name}” (#{job.pk}): {error}", messages.WARNING)
-                continue
-            if made:
-                retried += 1
-            else:
-                self.message_user(
-                    request,
-                    f"“{job.name}” (#{job.pk}) was retried already: "
-                    f"attempt {again.attempt} is job #{again.pk}.",
-                    messages.INFO,
-                )
-        if retried:
-            self.message_user(request, f"{retried} job(s) queued again.", messages.SUCCESS)
+        self._queue_next_attempts(
+            request, queryset, actions.retry_job, actions.ActionError, "{} job(s) queued again."
+        )
 
     @admin.action(description="Resume the selected jobs from their last checkpoint", permissions=["change"])
     def resume_jobs(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> None:
-        resumed = 0
+        self._queue_next_attempts(
+            request,
+            queryset,
+            resume.resume_job,
+            resume.ResumeRefused,
+            "{} job(s) resume from their last checkpoint.",
+        )
+
+    def _queue_next_attempts(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[TrainingJob],
+        make_next: Callable[[TrainingJob], tuple[TrainingJob, bool]],
+        refused_error: type[Exception],
+        done_message: str,
+    ) -> None:
+        """Make each job's next attempt with ``make_next`` (a refusal, ``refused_error``, is told per
+        job; a job whose next attempt exists already is pointed at it), then ``done_message`` with
+        the count of the attempts made."""
+        made_count = 0
         for job in queryset.select_related("dataset", "owner", "base_model", "instance_type"):
             try:
-                again, made = resume.resume_job(job)
-            except resume.ResumeRefused as error:
+                again, made = make_next(job)
+            except refused_error as error:
                 self.message_user(request, f"“{job.name}” (#{job.pk}): {error}", messages.WARNING)
                 continue
             if made:
-                resumed += 1
+                made_count += 1
             else:
                 self.message_user(
                     request,
@@ -284,10 +289,8 @@ class TrainingJobAdmin(admin.ModelAdmin):
                     f"attempt {again.attempt} is job #{again.pk}.",
                     messages.INFO,
                 )
-        if resumed:
-            self.message_user(
-                request, f"{resumed} job(s) resume from their last checkpoint.", messages.SUCCESS
-            )
+        if made_count:
+            self.message_user(request, done_message.format(made_count), messages.SUCCESS)
 
     @admin.action(description="Mark the selected jobs failed, with a reason…", permissions=["change"])
     def mark_failed(self, request: HttpRequest, queryset: QuerySet[TrainingJob]) -> TemplateResponse | None:

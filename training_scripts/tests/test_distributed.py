@@ -31,7 +31,6 @@ from training_scripts.tests.helpers import (
     assert_completed,
     assert_loss_falls,
     base_env,
-    chat_tokenizer,
     parse_stdout,
     run_finetune,
     write_jsonl,
@@ -261,29 +260,6 @@ def test_bf16_autocast_on_cpu_keeps_the_loss_of_fp32(tmp_path):
 
 
 # ----------------------------------------------------------------------------- QLoRA
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama-q")
-    tok = chat_tokenizer(eos="</s>")
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def qlora_args(tmp_path: Path, model: Path, *extra) -> list:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from training_scripts.tests.helpers import CHAT_ROWS, TEXT_ROWS, assert_completed, chat_tokenizer, flag_run
+from training_scripts.tests.helpers import CHAT_ROWS, TEXT_ROWS, assert_completed, flag_run
 
 # A dataset the scratch model learns in a few dozen steps: the answer is a fixed word per colour.
 COLOURS = ["red", "green", "blue", "black", "white"]
@@ -69,29 +69,6 @@ def test_eval_samples_zero_turns_it_off(tmp_path):
     assert_completed(run)
     assert not (model_dir / "evaluation.json").exists()
     assert run.one("done")["evaluation"] is None
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = chat_tokenizer(eos="</s>")
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def test_lora_base_is_the_model_with_its_adapters_disabled(tmp_path, tiny_llama):

@@ -20,7 +20,6 @@ from training_scripts import progress
 from training_scripts.hyperparameters import to_sagemaker_hyperparameters, validate_hyperparameters
 from training_scripts.tests.helpers import (
     CHAT_ROWS,
-    CHATML,
     FAST,
     PC_ROWS,
     SCRIPT,
@@ -29,7 +28,6 @@ from training_scripts.tests.helpers import (
     assert_loss_falls,
     assert_outputs,
     base_env,
-    chat_tokenizer,
     corpus,
     flag_run,
     parse_stdout,
@@ -37,30 +35,6 @@ from training_scripts.tests.helpers import (
     train_tokenizer,
     write_jsonl,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = chat_tokenizer(eos="<|im_end|>")
-    tok.chat_template = CHATML
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="module")

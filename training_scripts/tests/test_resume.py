@@ -22,13 +22,11 @@ import pytest
 
 from training_scripts.hyperparameters import DEFAULTS, validate_hyperparameters
 from training_scripts.tests.helpers import (
-    CHATML,
     FAST,
     SCRIPT,
     TEXT_ROWS,
     assert_completed,
     base_env,
-    chat_tokenizer,
     parse_stdout,
     run_finetune,
     train_tokenizer,
@@ -78,30 +76,6 @@ def losses_by_step(events: list[dict]) -> dict[int, float]:
 def history_steps(model_dir: Path) -> list[int]:
     metrics = json.loads((model_dir / "metrics.json").read_text())
     return [r["step"] for r in metrics["log_history"] if r["event"] == "progress"]
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tok = chat_tokenizer(eos="<|im_end|>")
-    tok.chat_template = CHATML
-    config = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    LlamaForCausalLM(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 # ----------------------------------------------------------------------------- resume, end to end
