@@ -107,6 +107,7 @@ class Setup:
     lora_r: int = 16
     world_size: int = 1
     fsdp: bool = False  # full sharding of weights, gradients and optimizer states
+    sharding: str = "auto"  # what the job asks: auto (FSDP only where DDP does not fit), ddp, fsdp
 
     @property
     def effective_batch(self) -> int:
@@ -218,18 +219,36 @@ def peak_memory(setup: Setup, capacity_gib: float = 0.0) -> MemoryEstimate:
     return MemoryEstimate(setup=setup, terms=terms, capacity_bytes=int(capacity_gib * GIB))
 
 
-# finetune.py trains under DDP only: every device holds the whole training state. FSDP (sharding a
-# full fine-tune that does not fit one device) is not built yet; when it is, set this to True.
-ENGINE_SHARDS = False
-
-
 def check_setup(setup: Setup, capacity_gib: float) -> MemoryEstimate:
-    """peak_memory as the engine will train: DDP, and (once ENGINE_SHARDS) FSDP for a full fine-tune
-    over several devices that does not fit one device under DDP."""
+    """peak_memory as the engine will train: DDP, or FSDP for a full fine-tune over several devices
+    that asks for it, or that does not fit one device under DDP and leaves it to ``sharding=auto``."""
     plain = peak_memory(replace(setup, fsdp=False), capacity_gib)
-    if plain.fits or setup.method != "full" or setup.world_size <= 1 or not ENGINE_SHARDS:
+    if setup.method != "full" or setup.world_size <= 1 or setup.sharding == "ddp":
         return plain
-    return peak_memory(replace(setup, fsdp=True), capacity_gib)
+    if setup.sharding == "fsdp" or not plain.fits:
+        return peak_memory(replace(setup, fsdp=True), capacity_gib)
+    return plain
+
+
+def sharding_for(base_model: Any, hyperparameters: dict, capacity_gib: float, world_size: int) -> str:
+    """What finetune.py is told: the sharding asked for, or for ``auto`` the one check_setup picked
+    (fsdp where a full fine-tune fits the devices only sharded, else ddp). The script run by hand
+    takes auto as ddp: only the platform knows the devices' memory before the run."""
+    asked = hyperparameters.get("sharding") or DEFAULTS.get("sharding", "auto")
+    if asked != "auto":
+        return asked
+    setup = setup_for(base_model, hyperparameters, world_size=world_size)
+    return "fsdp" if check_setup(setup, capacity_gib).setup.fsdp else "ddp"
+
+
+def with_sharding(hyperparameters: dict, base_model: Any, capacity_gib: float, world_size: int) -> dict:
+    """The job's hyperparameters as the script gets them: ``sharding`` resolved (sharding_for)."""
+    if "sharding" not in DEFAULTS:
+        return hyperparameters
+    return {
+        **hyperparameters,
+        "sharding": sharding_for(base_model, hyperparameters, capacity_gib, world_size),
+    }
 
 
 @dataclass(frozen=True)
@@ -258,6 +277,11 @@ def smaller_batches(setup: Setup) -> list[tuple[int, int]]:
 def config_remedies(setup: Setup, capacity_gib: float, *, qlora_possible: bool) -> list[Remedy]:
     """Changes of the run itself (not the hardware) that fit `capacity_gib`; each tried alone."""
     remedies: list[Remedy] = []
+    # the same training with its state sharded: the smallest change for a full fine-tune
+    if setup.sharding == "ddp" and setup.method == "full" and setup.world_size > 1:
+        found = check_setup(replace(setup, sharding="fsdp"), capacity_gib)
+        if found.fits:
+            remedies.append(Remedy("sharding fsdp (or auto)", {"sharding": "fsdp"}, found))
     methods = [] if setup.method != "full" else ["lora"]
     if qlora_possible and setup.method in ("full", "lora"):
         methods.append("qlora")
@@ -303,6 +327,7 @@ def setup_for(base_model: Any, hyperparameters: dict, *, world_size: int = 1) ->
         gradient_checkpointing=bool(hp["gradient_checkpointing"]),
         lora_r=int(hp["lora_r"]),
         world_size=max(1, int(world_size)),
+        sharding=str(hp.get("sharding") or "auto"),
     )
 
 

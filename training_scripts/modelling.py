@@ -286,7 +286,9 @@ def prepare_for_training(model, hparams: dict, seq2seq: bool, hardware: Hardware
         lora_targets = sorted(model.peft_config["default"].target_modules)
     elif hparams["method"] in hp.ADAPTER_METHODS:
         model, lora_targets = apply_lora(model, hparams, seq2seq)
-    if hparams["method"] != "qlora":  # a 4-bit model is placed where it was loaded (device_map)
+    # A 4-bit model is placed where it was loaded (device_map); FSDP moves each layer to the device
+    # as it shards it, so the whole model never has to fit one device at once.
+    if hparams["method"] != "qlora" and not uses_fsdp(hparams):
         model.to(hardware.device)
     with contextlib.suppress(Exception):
         model.config.use_cache = False

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 
-from jobs import artifacts, checkpoints, lifecycle, queueing
+from jobs import artifacts, checkpoints, lifecycle, memory, queueing
 from jobs.estimate import format_duration
 from jobs.models import FINAL_STATES, JobStatus, TrainingJob
 from llmtuner import scratch, storage
@@ -142,7 +142,7 @@ class LocalRun:
         over = f" on {processes} GPUs (torchrun)" if processes > 1 else ""
         self._log(f"Running finetune.py for {job.base_model.hub_id} ({job.method}){over}")
         process = subprocess.Popen(
-            training_command(job.hyperparameters, processes),
+            training_command(self._script_hyperparameters(processes), processes),
             cwd=self.workdir,
             env=self._environment(folders),
             stdout=subprocess.PIPE,
@@ -175,6 +175,11 @@ class LocalRun:
             self._log(message)
         self._flush_log()
         self._finish(returncode, folders)
+
+    def _script_hyperparameters(self, processes: int) -> dict:
+        """The job's hyperparameters with ``sharding`` resolved for this machine's GPUs."""
+        gpu_memory = float(settings.LOCAL_GPU_MEMORY_GIB or 0)
+        return memory.with_sharding(self.job.hyperparameters, self.job.base_model, gpu_memory, processes)
 
     def _lay_out(self) -> dict[str, Path]:
         folders = {

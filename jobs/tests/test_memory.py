@@ -77,13 +77,11 @@ def test_several_devices_add_ddp_buckets_or_shard_with_fsdp():
     assert fsdp.setup.effective_batch == 8 * 8
 
 
-def test_a_full_fine_tune_over_several_gpus_shards_only_when_ddp_does_not_fit(monkeypatch):
+def test_a_full_fine_tune_over_several_gpus_shards_only_when_ddp_does_not_fit():
     small = check_setup(setup("gpt2", 124_000_000, method="full", world_size=4), 24)
     assert small.fits and not small.setup.fsdp and small.strategy == "DDP over 4 devices"
     big = setup(method="full", world_size=8, gradient_checkpointing=True)
-    # The engine has no FSDP yet: more devices do not make a full fine-tune fit, and none is assumed.
-    assert not check_setup(big, 40).fits and not check_setup(big, 40).setup.fsdp
-    monkeypatch.setattr(memory, "ENGINE_SHARDS", True)
+    assert not peak_memory(big, 40).fits  # under DDP every device would hold the whole state
     sharded = check_setup(big, 40)
     assert sharded.setup.fsdp and sharded.fits and sharded.strategy == "FSDP over 8 devices"
     lora = check_setup(setup(method="lora", world_size=4, batch_size=64), 24)
@@ -174,16 +172,39 @@ def test_a_7b_full_fine_tune_on_one_a10g_is_refused_naming_what_fits(owner, data
     message = refusal(form)
     assert "This job needs about 132" in message and "ml.g5.xlarge (NVIDIA A10G) has 24 GiB" in message
     assert "method QLoRA (4-bit base)" in message
-    # The engine trains under DDP only (no FSDP yet): more GPUs do not make a full 7B fine-tune fit.
-    assert "ml.p4d.24xlarge" not in message and "FSDP" not in message
+    # Eight A100s fit it sharded: FSDP divides the 16 bytes a parameter of its training state by 8.
+    assert "training on ml.p4d.24xlarge (8 × 40 GiB" in message and "FSDP over 8 devices" in message
     assert "method LoRA" not in message  # LoRA alone, at batch 8 without checkpointing, needs 32 GiB
     assert form.memory.total_gib > 24 and not form.memory.fits
 
-    # The change it names makes the form valid; eight A100s alone do not.
+    # The changes it names make the form valid.
     assert NewJobForm(owner, form_data(dataset, llama, method="qlora", **sagemaker())).is_valid()
     on_p4d = NewJobForm(owner, form_data(dataset, llama, **sagemaker("ml.p4d.24xlarge")))
-    assert not on_p4d.is_valid() and "ml.p4d.24xlarge" in refusal(on_p4d)
-    assert not on_p4d.memory.setup.fsdp and on_p4d.memory.setup.world_size == 8
+    assert on_p4d.is_valid(), refusal(on_p4d)
+    assert on_p4d.memory.setup.fsdp and on_p4d.memory.setup.world_size == 8
+    assert on_p4d.memory.strategy == "FSDP over 8 devices"
+
+
+@pytest.mark.django_db
+def test_a_full_fine_tune_told_to_use_ddp_is_checked_as_ddp_and_told_that_fsdp_fits(owner, dataset, cloud):
+    llama = BaseModel.objects.get(hub_id=LLAMA_7B)
+    form = NewJobForm(owner, form_data(dataset, llama, sharding="ddp", **sagemaker("ml.p4d.24xlarge")))
+
+    assert not form.is_valid()
+    assert not form.memory.setup.fsdp and form.memory.strategy == "DDP over 8 devices"
+    assert "It would fit with any one of: sharding fsdp (or auto) (about 34.9 GiB)" in refusal(form)
+
+
+@pytest.mark.django_db
+def test_the_script_is_told_the_sharding_the_memory_check_chose(owner, dataset):
+    llama = BaseModel.objects.get(hub_id=LLAMA_7B)
+    gpt2 = BaseModel.objects.get(hub_id="gpt2")
+    full = {"base_model": LLAMA_7B, "method": "full"}
+    assert memory.with_sharding(full, llama, 40, 8)["sharding"] == "fsdp"  # DDP needs 132 GiB a GPU
+    assert memory.with_sharding(full, llama, 80, 1)["sharding"] == "ddp"  # one GPU: nothing to shard
+    assert memory.with_sharding({"base_model": "gpt2"}, gpt2, 40, 8)["sharding"] == "ddp"  # DDP fits
+    assert memory.with_sharding({**full, "sharding": "ddp"}, llama, 40, 8)["sharding"] == "ddp"  # as asked
+    assert memory.with_sharding({"base_model": "gpt2", "sharding": "fsdp"}, gpt2, 0, 2)["sharding"] == "fsdp"
 
 
 @pytest.mark.django_db

@@ -17,8 +17,8 @@ from jobs import pricing
 from jobs.backends import local
 from jobs.backends import sagemaker as sm
 from jobs.forms import NewJobForm
-from jobs.models import InstanceType, JobStatus, TrainingJob
-from jobs.tests.conftest import make_job, make_ready_dataset, scratch_base_model
+from jobs.models import BaseModel, InstanceType, JobStatus, TrainingJob
+from jobs.tests.conftest import TINY_HYPERPARAMETERS, make_job, make_ready_dataset, scratch_base_model
 from jobs.tests.test_sagemaker_submit import bucket_keys, moto, requests_sent  # noqa: F401 (fixtures)
 from jobs.tests.test_sagemaker_support import (  # noqa: F401 (fixtures)
     BUCKET,
@@ -345,3 +345,64 @@ def test_a_local_job_over_two_processes_trains_one_model(owner, settings, monkey
     assert len(starts) == 1 and starts[0]["world_size"] == 2
     steps = [event["step"] for event in events if event["event"] == "progress"]
     assert steps == sorted(set(steps))  # no step reported twice
+
+
+@pytest.mark.slow
+def test_a_local_job_sharded_with_fsdp_trains_and_keeps_one_whole_model(owner, settings, monkeypatch):
+    """FSDP over two gloo processes through the worker: the start event says so, the model is stored."""
+    events = []
+    original = local.lifecycle.record_event
+
+    def remember(job_id, event):
+        events.append(event)
+        return original(job_id, event)
+
+    monkeypatch.setattr(local.lifecycle, "record_event", remember)
+    monkeypatch.setattr(local, "training_processes", lambda: 2)
+    job = make_job(owner, hyperparameters={**TINY_HYPERPARAMETERS, "max_steps": 8, "sharding": "fsdp"})
+    local.run_job(job.pk)
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.COMPLETED, job.status_message
+    [start] = [event for event in events if event["event"] == "start"]
+    assert (start["world_size"], start["sharding"]) == (2, "fsdp")
+    assert [event["step"] for event in events if event["event"] == "progress"] == list(range(1, 9))
+    stored = storage_names(job.model_prefix)
+    assert {"model.safetensors", "config.json", "metrics.json"} <= stored, stored
+
+
+def storage_names(prefix: str) -> set[str]:
+    from django.core.files.storage import default_storage
+
+    return set(default_storage.listdir(prefix)[1])
+
+
+# --- sharding: what the script is told ----------------------------------------------------------------
+
+
+def test_a_sagemaker_job_that_fits_only_sharded_is_submitted_with_fsdp(owner, moto, requests_sent):
+    llama = BaseModel.objects.get(hub_id="meta-llama/Llama-2-7b-hf")
+    hyperparameters = {**TINY_HYPERPARAMETERS, "base_model": llama.hub_id, "max_seq_length": 512}
+    job = sagemaker_job(
+        owner,
+        running=False,
+        instance_type=InstanceType.objects.get(name="ml.p4d.24xlarge"),
+        base_model=llama,
+        hyperparameters=hyperparameters,
+        max_cost_usd=Decimal("100.00"),
+    )
+    sm.submit_job(job.pk)
+    job.refresh_from_db()
+
+    assert job.sagemaker_status == "InProgress", job.status_message
+    [request] = requests_sent
+    # 8 × A100 40 GiB: about 157 GiB a GPU under DDP, 35 GiB sharded
+    assert request["HyperParameters"]["sharding"] == '"fsdp"'
+    assert job.hyperparameters.get("sharding") is None  # the job keeps what its owner asked: auto
+
+
+def test_a_local_job_is_told_ddp_where_the_whole_state_fits_each_gpu(owner, settings, tmp_path):
+    settings.LOCAL_GPU_MEMORY_GIB = 24
+    run = local.LocalRun(make_job(owner), workdir=tmp_path)
+    assert run._script_hyperparameters(2)["sharding"] == "ddp"
+    assert run._script_hyperparameters(1)["sharding"] == "ddp"

@@ -25,7 +25,7 @@ import boto3
 from botocore.exceptions import ClientError, NoCredentialsError, PartialCredentialsError
 from django.conf import settings
 
-from jobs import artifacts, checkpoints, lifecycle, pricing
+from jobs import artifacts, checkpoints, lifecycle, memory, pricing
 from jobs.backends.sagemaker.clients import aws
 from jobs.backends.sagemaker.config import (
     bucket_name,
@@ -172,6 +172,9 @@ def build_submission(
     clean, errors = validate_hyperparameters(job.hyperparameters)
     if errors:
         raise SageMakerError(format_errors(errors))
+    devices = max(1, int(instance_type.gpu_count or 0)) * max(1, job.instance_count)
+    gpu_memory = float(instance_type.gpu_memory_gib or 0) if instance_type.has_gpu else 0.0
+    clean = memory.with_sharding(clean, job.base_model, gpu_memory, devices)
     bucket = bucket_name()
     prefix = job_prefix(job)
     environment = {}
