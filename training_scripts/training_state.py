@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import distributed
 import torch
 from hardware import Hardware
 from outputs import write_json
@@ -158,6 +159,7 @@ def run_fingerprint(hparams: dict, schedule: Schedule, train_examples: int, voca
         "steps_per_epoch": schedule.steps_per_epoch,
         "train_examples": train_examples,
         "vocab_size": vocab_size,
+        "world_size": distributed.world_size(),  # the data position is per process
     }
 
 
@@ -357,15 +359,22 @@ def resume_from_latest(
 
 
 def _check_same_run(name: str, saved: dict, current: dict) -> None:
+    # A setting a checkpoint does not name is one its format did not record yet: not held against it.
     differ = [
-        f"{key} {saved.get(key)!r} there, {value!r} here"
+        f"{key} {saved[key]!r} there, {value!r} here"
         for key, value in current.items()
-        if saved.get(key) != value
+        if key in saved and saved[key] != value
     ]
     if differ:
+        processes = ""
+        if "world_size" in saved and saved["world_size"] != current.get("world_size"):
+            processes = (
+                f"; a checkpoint resumes on as many processes (GPUs) as wrote it, here "
+                f"{saved['world_size']}, since each one's place in the data is kept"
+            )
         raise TrainingError(
             f"{name} in the checkpoint folder was written by a run with other settings "
-            f"({'; '.join(differ)}): "
+            f"({'; '.join(differ)}){processes}: "
             "resume with the same hyperparameters and data, or start with an empty checkpoint folder"
         )
 

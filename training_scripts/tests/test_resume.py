@@ -437,6 +437,27 @@ def test_a_checkpoint_of_other_settings_or_past_the_end_is_refused(tmp_path, tok
         resume_from_latest(tiny_training()[0], str(tmp_path), FINGERPRINT, 3)
 
 
+def test_a_checkpoint_resumes_on_as_many_processes_as_wrote_it(tmp_path, tokenizer):
+    from reporting import TrainingError
+    from training_state import resume_from_latest, save_checkpoint
+
+    training, _ = tiny_training()
+    train_steps(training, 2)
+    save_checkpoint(training, tokenizer, str(tmp_path), {**FINGERPRINT, "world_size": 2})
+
+    with pytest.raises(TrainingError) as caught:
+        resume_from_latest(tiny_training()[0], str(tmp_path), {**FINGERPRINT, "world_size": 4}, 10)
+    message = str(caught.value)
+    assert (
+        "(world_size 2 there, 4 here); a checkpoint resumes on as many processes (GPUs) as wrote it"
+        in message
+    )
+    # a checkpoint from before world_size was recorded is not held to it
+    older = tmp_path / "older"
+    save_checkpoint(training, tokenizer, str(older), FINGERPRINT)
+    assert resume_from_latest(tiny_training()[0], str(older), {**FINGERPRINT, "world_size": 1}, 10) == 2
+
+
 def test_no_checkpoint_means_a_fresh_start(tmp_path):
     from training_state import resume_from_latest
 
