@@ -7,6 +7,8 @@
     python bench/bench_finetune.py --baseline engine --size small --method lora --steps 4 --batch-size 2
     # two torchrun processes (gloo) against one, the same global batch: scaling efficiency
     python bench/bench_finetune.py --baseline processes --nproc 2 --threads 1
+    # the same, the two processes sharded with FSDP (the one-process side has nothing to shard)
+    python bench/bench_finetune.py --baseline processes --nproc 2 --threads 1 --sharding fsdp
 
 --size small is a GPT-2-small-sized random-init model (12 layers, n_embd 768, 12 heads, the
 GPT-2 vocabulary size of 50257; the tokenizer is still the 3000-token BPE, the other embedding rows
@@ -195,7 +197,14 @@ def child_env(args) -> dict:
 
 
 def run_finetune(
-    args, model_dir: Path, data_dir: Path, out: Path, script: Path = SCRIPT, precision=None, nproc: int = 1
+    args,
+    model_dir: Path,
+    data_dir: Path,
+    out: Path,
+    script: Path = SCRIPT,
+    precision=None,
+    nproc: int = 1,
+    sharding=None,
 ) -> dict:
     launcher = [sys.executable]
     if nproc > 1:
@@ -220,6 +229,8 @@ def run_finetune(
     }
     if precision:
         hps["precision"] = precision
+    if sharding:
+        hps["sharding"] = sharding
     for k, v in hps.items():
         cmd += [f"--{k}", json.dumps(v) if not isinstance(v, str) else v]
     started = time.perf_counter()
@@ -271,6 +282,9 @@ def main() -> None:
     parser.add_argument("--method", choices=("full", "lora"), default="full")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="told to this engine only")
     parser.add_argument("--nproc", type=int, default=2, help="processes of --baseline processes")
+    parser.add_argument(
+        "--sharding", choices=("ddp", "fsdp"), help="how the --nproc processes share the model"
+    )
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seq-len", type=int, default=128)
@@ -305,13 +319,19 @@ def main() -> None:
         names = {
             "trainer": ("finetune.py", "Trainer+group_texts"),
             "engine": ("finetune.py", f"finetune.py@{args.ref}"),
-            "processes": (f"finetune.py x{args.nproc}", "finetune.py x1"),
+            "processes": (f"finetune.py x{args.nproc} {args.sharding or 'ddp'}", "finetune.py x1"),
         }[args.baseline]
 
         def ours_run(i):
             nproc = args.nproc if args.baseline == "processes" else 1
             return run_finetune(
-                args, model_dir, data_dir, tmp / f"ft{i}", precision=args.precision, nproc=nproc
+                args,
+                model_dir,
+                data_dir,
+                tmp / f"ft{i}",
+                precision=args.precision,
+                nproc=nproc,
+                sharding=args.sharding if nproc > 1 else None,
             )
 
         def theirs_run(i):

@@ -53,7 +53,7 @@ RANK = {
 }
 PROGRESSING_STATES = (S.PREPARING, S.TRAINING)
 # What the start event says that estimates learn from (jobs.history).
-RUN_FACTS = ("total_parameters", "precision", "world_size", "max_seq_length", "method", "device")
+RUN_FACTS = ("total_parameters", "precision", "world_size", "sharding", "max_seq_length", "method", "device")
 LOG_TAIL_LINES = 500
 MAX_LOG_LINE_CHARS = 2000
 

@@ -308,11 +308,14 @@ def shard_for_processes(model, hardware: Hardware):
     the embeddings and the head in the root. Parameters stay fp32 and autocast computes in bf16, as
     under DDP. In place: call it before the optimizer is made, which must hold the sharded parameters.
     """
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
+    # the device this run trains on (FINETUNE_DEVICE may say cpu on a machine with GPUs)
+    mesh = init_device_mesh(hardware.device.type, (distributed.world_size(),))
     for layer in transformer_layers(model):
-        fully_shard(layer)
-    fully_shard(model)
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
     if distributed.is_main():
         log(
             f"FSDP: weights, gradients and optimizer states sharded over {distributed.world_size()} processes"
