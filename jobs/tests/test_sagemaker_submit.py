@@ -163,7 +163,8 @@ def test_a_gpu_job_is_created_on_the_hugging_face_image_with_our_name_data_and_c
         "VolumeSizeInGB": 30,
     }
     clean, _ = validate_hyperparameters(job.hyperparameters)
-    assert request["HyperParameters"] == to_sagemaker_hyperparameters(clean)
+    # sharding auto resolved by the memory check: one A10G, nothing to shard
+    assert request["HyperParameters"] == to_sagemaker_hyperparameters({**clean, "sharding": "ddp"})
     assert request["HyperParameters"]["base_model"] == '"scratch:tiny-gpt2"'
     prefix = f"users/{owner.pk}/jobs/{job.pk}"
     found = channels(request)
