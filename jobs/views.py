@@ -473,8 +473,11 @@ def detail(request: HttpRequest, pk: int) -> HttpResponse:
     # As finetune.py will read them: what the job leaves out takes the default.
     used, errors = validate_hyperparameters(job.hyperparameters)
     values = job.hyperparameters if errors else used
+    # (name, label in words, value, help), as the form labels them; an unknown name is its own label
     hyperparameters = [
-        (name, values[name], HYPERPARAMETERS[name].help if name in HYPERPARAMETERS else "")
+        (name, HYPERPARAMETERS[name].title, values[name], HYPERPARAMETERS[name].help)
+        if name in HYPERPARAMETERS
+        else (name, name, values[name], "")
         for name in (*HYPERPARAMETERS, *sorted(set(values) - set(HYPERPARAMETERS)))
         if name in values
     ]

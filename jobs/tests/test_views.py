@@ -454,6 +454,8 @@ def test_the_job_page_shows_the_header_hyperparameters_log_and_polling_parts(own
     assert 'class="badge queued"' in page
     assert "Tiny GPT-2 (from scratch)" in page and f'href="/datasets/{job.dataset_id}/"' in page
     assert 'data-hp="max_steps">30<' in page and 'data-hp="packing">true<' in page
+    # labelled in words as on the form, with the name a manifest uses beside it
+    assert 'Sequence length (tokens) <code class="muted">max_seq_length</code>' in page
     assert f'hx-get="/jobs/{job.pk}/progress/" hx-trigger="every 2s"' in page
     assert f'hx-get="/jobs/{job.pk}/logs/?after=2" hx-trigger="every 2s"' in page
     assert f'data-url="/jobs/{job.pk}/metrics/"' in page
