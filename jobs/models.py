@@ -241,6 +241,16 @@ class TrainingJob(models.Model):
         return self.status in FINAL_STATES
 
     @property
+    def processes_display(self) -> str:
+        """How the run spread over devices, from its start event ("2 processes, FSDP"); empty for one."""
+        facts = self.run_facts or {}
+        world = int(facts.get("world_size") or 1)
+        if world <= 1:
+            return ""
+        how = "FSDP, sharded" if facts.get("sharding") == "fsdp" else "DDP"
+        return f"{world} processes, {how}"
+
+    @property
     def percent(self) -> int:
         if self.status == JobStatus.COMPLETED:
             return 100

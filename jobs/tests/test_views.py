@@ -443,6 +443,17 @@ def test_without_javascript_a_preset_is_applied_by_a_plain_get(owner_client, own
 # --- Job page ---
 
 
+def test_the_job_page_says_how_the_run_spread_over_processes(owner_client, job):
+    assert "data-processes" not in owner_client.get(f"/jobs/{job.pk}/").content.decode()  # one process
+
+    TrainingJob.objects.filter(pk=job.pk).update(run_facts={"world_size": 8, "sharding": "fsdp"})
+    page = owner_client.get(f"/jobs/{job.pk}/").content.decode()
+    assert "<span data-processes>trained on 8 processes, FSDP, sharded</span>" in page
+
+    TrainingJob.objects.filter(pk=job.pk).update(run_facts={"world_size": 2})  # before sharding was kept
+    assert "trained on 2 processes, DDP<" in owner_client.get(f"/jobs/{job.pk}/").content.decode()
+
+
 def test_the_job_page_shows_the_header_hyperparameters_log_and_polling_parts(owner_client, job):
     lifecycle.append_log(job.pk, ["Preparing", "Running finetune.py"])
 
